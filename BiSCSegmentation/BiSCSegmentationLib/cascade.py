@@ -1,0 +1,313 @@
+"""The BiSC-UNet cascade: rough SC-UNet -> one ROI per kidney -> fine SC-UNet per ROI -> label map.
+
+The two stages are separately callable, with the ROIs (physical boxes) as the hand-off, so that a person
+can review, move, resize, add or delete ROIs between them (the 3D Slicer module does exactly that):
+
+    predictor = CascadePredictor(rough, fine)
+    rough = predictor.locate(ct)                 # RoughResult: preview mask + ROIs
+    labels = predictor.segment(ct, rough.rois)   # Volume on exactly ct's grid: 0 bg, 1 kidney, 2 tumor
+    # or both at once: predictor.predict(ct)
+
+Inputs of any size, spacing and orientation work: the CT is reoriented losslessly to canonical axes,
+resampled per stage, and every result is put back on the input's own grid.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .model_file import StageModel, load_bundled, load_model_file
+from .resample import AxisMap, covering_map, resample_linear, resample_nearest, spacing_map
+from .roi import KidneyROI, check_roi, roi_index_bounds, rois_from_mask
+from .volume import Reorientation, Volume, VolumeError, from_canonical, to_canonical
+
+ProgressCallback = Callable[[str, float], None]
+AIR_HU = -1024.0
+
+
+class Cancelled(RuntimeError):
+    """The caller asked to stop; nothing was written."""
+
+
+class NoKidneyFound(RuntimeError):
+    """The rough stage found no kidney-sized structure."""
+
+    def __init__(self):
+        super().__init__("No kidney was found by the rough stage. Add an ROI by hand around each kidney "
+                         "(in 3D Slicer: add an ROI and press Segment; on the command line: --rois FILE) "
+                         "and run the fine stage on it.")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' picks cuda, then Apple mps, then cpu; anything else is passed to torch."""
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA GPU is available; use 'auto' or 'cpu'")
+    return dev
+
+
+@dataclass
+class RoughResult:
+    mask: Volume              # rough labels resampled onto the input's grid (a preview)
+    lowres: Volume            # rough labels on the rough grid (canonical orientation, physical geometry)
+    rois: List[KidneyROI]
+
+
+@dataclass
+class CascadeResult:
+    labels: Volume
+    rough: RoughResult
+    rois: List[KidneyROI]
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+class CascadePredictor:
+    """Runs both stages; see the module docstring. ``progress(stage, fraction)`` is called as work advances;
+    ``cancel()`` returning True (or an Event being set) stops with :class:`Cancelled`."""
+
+    def __init__(self, rough: StageModel, fine: StageModel, device: str = "auto", mirror: bool = False,
+                 progress: Optional[ProgressCallback] = None, cancel=None, min_component_ml: float = 10.0):
+        if rough.stage != "rough" or fine.stage != "fine":
+            raise ValueError("CascadePredictor needs a rough and a fine stage model, in that order")
+        self.rough_model, self.fine_model = rough, fine
+        self.device = pick_device(device)
+        self.mirror = mirror
+        self.progress = progress
+        self.cancel = cancel
+        self.min_component_ml = min_component_ml
+        self.timings: Dict[str, float] = {}
+        for m in (rough, fine):
+            m.network.to(self.device).eval()
+
+    @classmethod
+    def from_files(cls, rough_path, fine_path, **kwargs) -> "CascadePredictor":
+        return cls(load_model_file(rough_path, stage="rough"), load_model_file(fine_path, stage="fine"), **kwargs)
+
+    @classmethod
+    def bundled(cls, name: Optional[str] = None, **kwargs) -> "CascadePredictor":
+        rough, fine = load_bundled(name)
+        return cls(rough, fine, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    def _report(self, stage: str, fraction: float) -> None:
+        if self._cancelled():
+            raise Cancelled(f"cancelled during the {stage} stage")
+        if self.progress:
+            self.progress(stage, float(min(1.0, max(0.0, fraction))))
+
+    def _cancelled(self) -> bool:
+        c = self.cancel
+        if c is None:
+            return False
+        return bool(c.is_set() if hasattr(c, "is_set") else c())
+
+    @staticmethod
+    def _normalise(x: torch.Tensor, model: StageModel) -> torch.Tensor:
+        lo, hi = (float(v) for v in model.intensity["clip"])
+        return (x.clamp_(lo, hi) - float(model.intensity["mean"])) / float(model.intensity["std"])
+
+    def _probabilities(self, model: StageModel, image: torch.Tensor, stage: str,
+                       span: Tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+        """Softmax of the label branch over a (Z, Y, X) normalised image, by sliding window if needed."""
+        probs = sliding_window(model, image, self.device, self.mirror,
+                               lambda f: self._report(stage, span[0] + f * (span[1] - span[0])))
+        return probs
+
+    # ----------------------------------------------------------------------------------------------- stages
+    def locate(self, ct: Volume) -> RoughResult:
+        """Rough stage: in-plane to 128x128 (z at the model's spacing), predict, find one ROI per kidney."""
+        check_ct(ct)
+        t0 = time.perf_counter()
+        self._report("rough", 0.0)
+        canon, reo = to_canonical(ct)
+        g = self.rough_model.grid
+        nz, ny, nx = canon.array.shape
+        maps = (spacing_map(nz, canon.spacing[2], float(g["z_spacing"])),
+                covering_map(ny, int(g["inplane_size"])), covering_map(nx, int(g["inplane_size"])))
+        image = resample_linear(canon.array, maps, fill=AIR_HU, device="cpu")
+        image = self._normalise(image, self.rough_model)
+        probs = self._probabilities(self.rough_model, image, "rough", (0.0, 0.9))
+        low = probs.argmax(0).to(torch.uint8).cpu().numpy()
+        lowres = _grid_volume(canon, maps, low)
+        self.timings["rough"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        rois = rois_from_mask(lowres, self.fine_model.fine_spacing, min_component_ml=self.min_component_ml,
+                              midline_x=_midline_x(canon))
+        back = [m.inverse(n) for m, n in zip(maps, canon.array.shape)]
+        preview = from_canonical(resample_nearest(low, back), ct, reo)
+        self.timings["locate"] = time.perf_counter() - t1
+        self._report("rough", 1.0)
+        return RoughResult(preview, lowres, rois)
+
+    def segment(self, ct: Volume, rois: Sequence[KidneyROI]) -> Volume:
+        """Fine stage on each ROI at the fine model's spacing; results pasted back onto ct's grid."""
+        check_ct(ct)
+        if not rois:
+            raise NoKidneyFound()
+        problems = [p for r in rois for p in check_roi(r, ct)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        t0 = time.perf_counter()
+        canon, reo = to_canonical(ct)
+        out = np.zeros(canon.array.shape, dtype=np.uint8)
+        for n, roi in enumerate(rois):
+            span = (n / len(rois), (n + 1) / len(rois))
+            self._report("fine", span[0])
+            box, labels = self.segment_roi(canon, roi, span)
+            region = out[box]
+            np.maximum(region, labels, out=region)  # overlapping ROIs: union, tumor wins over kidney
+        self._report("fine", 1.0)
+        result = from_canonical(out, ct, reo)
+        self.timings["fine"] = time.perf_counter() - t0
+        return result
+
+    def segment_roi(self, canon: Volume, roi: KidneyROI, span=(0.0, 1.0)) -> Tuple[Tuple[slice, ...], np.ndarray]:
+        """Labels for one ROI of a canonical CT: (slices of canon.array, uint8 labels for those voxels)."""
+        grid, box = fine_grid(canon, roi, self.fine_model)
+        image = resample_linear(canon.array, grid, fill=AIR_HU, device="cpu")
+        image = self._normalise(image, self.fine_model)
+        probs = self._probabilities(self.fine_model, image, "fine", span)
+        back = [m.inverse(s.stop - s.start, s.start) for m, s in zip(grid, box)]
+        restored = resample_linear(probs, back, fill=None, antialias=True, device=str(probs.device))
+        return box, restored.argmax(0).to(torch.uint8).cpu().numpy()
+
+    def predict(self, ct: Volume) -> CascadeResult:
+        """Both stages; raises NoKidneyFound when the rough stage finds nothing."""
+        t0 = time.perf_counter()
+        rough = self.locate(ct)
+        labels = self.segment(ct, rough.rois)
+        self.timings["total"] = time.perf_counter() - t0
+        return CascadeResult(labels, rough, rough.rois, dict(self.timings))
+
+
+# --------------------------------------------------------------------------------------------------- grids
+def check_ct(ct: Volume) -> None:
+    if ct.array.dtype.kind not in "iuf":
+        raise VolumeError(f"the CT must hold numbers (Hounsfield units), got dtype {ct.array.dtype}")
+    if min(ct.array.shape) < 2:
+        raise VolumeError(f"the image is not a 3D CT volume (shape {ct.array.shape}); give a CT with several slices")
+    if ct.array.size and float(np.min(ct.array)) >= 0 and float(np.max(ct.array)) <= 1:
+        raise VolumeError("the image values lie in [0, 1]: not a CT in Hounsfield units (is it a mask or a "
+                          "normalised image?); give the original CT")
+
+
+def _grid_volume(canon: Volume, maps: Sequence[AxisMap], array: np.ndarray) -> Volume:
+    """Volume for ``array`` sampled from canonical ``canon`` at ``maps`` (numpy order z, y, x)."""
+    start_ijk = np.array([maps[2].start, maps[1].start, maps[0].start])
+    step_ijk = np.array([maps[2].step, maps[1].step, maps[0].step])
+    origin = canon.index_to_physical(start_ijk)
+    return Volume(array, tuple(np.array(canon.spacing) * step_ijk), tuple(origin), canon.direction)
+
+
+def _midline_x(canon: Volume) -> float:
+    """Patient midline estimate: the x (LPS) centre of the body (voxels above -500 HU), else the image centre."""
+    a = canon.array
+    sub = a[:: max(1, a.shape[0] // 16), ::4, ::4]
+    cols = np.flatnonzero((sub > -500).any(axis=(0, 1)))
+    if cols.size < 2:
+        centre = (np.array(canon.size_ijk) - 1) / 2.0
+        return float(canon.index_to_physical(centre)[0])
+    i_mid = (cols[0] + cols[-1]) * 4 / 2.0
+    centre = np.array([i_mid, (canon.size_ijk[1] - 1) / 2.0, (canon.size_ijk[2] - 1) / 2.0])
+    return float(canon.index_to_physical(centre)[0])
+
+
+def fine_grid(canon: Volume, roi: KidneyROI, model: StageModel) -> Tuple[List[AxisMap], Tuple[slice, slice, slice]]:
+    """The ROI's sampling grid at the fine spacing (numpy order z, y, x) and the canonical voxels it covers.
+
+    The grid is centred on the ROI, a multiple of the network's divisor in every axis, and starts on a
+    canonical voxel centre, so when the CT already has the fine spacing the round trip is an exact copy.
+    Voxels outside the CT are padded with air; only voxels inside both the ROI and the CT are pasted back.
+    """
+    lo, hi = (v[::-1] for v in roi_index_bounds(roi, canon))
+    spacing_zyx = np.array(canon.spacing[::-1])
+    fine_zyx = np.array(model.fine_spacing[::-1])
+    div = model.config.divisor
+    maps, box = [], []
+    for ax in range(3):
+        step = fine_zyx[ax] / spacing_zyx[ax]
+        n = int(math.ceil((hi[ax] - lo[ax]) / step - 1e-6))
+        n = max(div, int(math.ceil(n / div) * div))
+        start = (lo[ax] + hi[ax]) / 2.0 - (n - 1) / 2.0 * step
+        maps.append(AxisMap(n, float(round(start)), float(step)))
+        first = max(0, int(math.ceil(lo[ax] - 1e-6)))
+        last = min(canon.array.shape[ax] - 1, int(math.floor(hi[ax] + 1e-6)))
+        box.append(slice(first, max(first, last + 1)))
+    return maps, tuple(box)
+
+
+# ------------------------------------------------------------------------------------------ sliding window
+def _gaussian_weight(shape: Sequence[int]) -> torch.Tensor:
+    axes = [torch.exp(-0.5 * ((torch.arange(n, dtype=torch.float32) - (n - 1) / 2) / (n / 8.0)) ** 2)
+            for n in shape]
+    w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    return (w / w.max()).clamp_(min=1e-3)
+
+
+def _starts(n: int, window: int) -> List[int]:
+    if n <= window:
+        return [0]
+    count = int(math.ceil((n - window) / (window / 2))) + 1
+    return [int(round(i * (n - window) / (count - 1))) for i in range(count)]
+
+
+@torch.no_grad()
+def run_network(model: StageModel, x: torch.Tensor, mirror: bool) -> torch.Tensor:
+    """Softmax probabilities (N, C, ...) of the label branch, averaged over all 8 mirrorings if asked."""
+    net = model.network
+    if not mirror:
+        return torch.softmax(net.forward_labels(x), dim=1)
+    acc = None
+    flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+    for dims in flips:
+        xi = torch.flip(x, dims) if dims else x
+        p = torch.softmax(net.forward_labels(xi), dim=1)
+        p = torch.flip(p, dims) if dims else p
+        acc = p if acc is None else acc + p
+    return acc / len(flips)
+
+
+def sliding_window(model: StageModel, image: torch.Tensor, device: torch.device, mirror: bool,
+                   report: Callable[[float], None]) -> torch.Tensor:
+    """Probabilities (C, Z, Y, X) for a normalised (Z, Y, X) image; windows no larger than the model's
+    ``inference_window``, blended with Gaussian weights; sizes padded to the network's divisor."""
+    div = model.config.divisor
+    shape = list(image.shape)
+    padded = [max(div, int(math.ceil(n / div) * div)) for n in shape]
+    window = [min(w, p) for w, p in zip(model.inference_window, padded)]
+    pad_value = float(image.min()) if image.numel() else 0.0
+    x = torch.full(padded, pad_value, dtype=torch.float32)
+    x[: shape[0], : shape[1], : shape[2]] = image
+    tiles = [(a, b, c) for a in _starts(padded[0], window[0]) for b in _starts(padded[1], window[1])
+             for c in _starts(padded[2], window[2])]
+    c_out = model.config.num_classes
+    if len(tiles) == 1:
+        probs = run_network(model, x[None, None].to(device), mirror)[0]
+        report(1.0)
+        return probs[:, : shape[0], : shape[1], : shape[2]].float()
+    acc = torch.zeros([c_out] + padded, dtype=torch.float32, device=device)
+    norm = torch.zeros(padded, dtype=torch.float32, device=device)
+    weight = _gaussian_weight(window).to(device)
+    for n, (a, b, c) in enumerate(tiles):
+        sl = (slice(a, a + window[0]), slice(b, b + window[1]), slice(c, c + window[2]))
+        p = run_network(model, x[sl][None, None].to(device), mirror)[0].float()
+        acc[(slice(None),) + sl] += p * weight
+        norm[sl] += weight
+        report((n + 1) / len(tiles))
+    return (acc / norm)[:, : shape[0], : shape[1], : shape[2]]
+
+
+__all__ = ["CascadePredictor", "CascadeResult", "RoughResult", "Cancelled", "NoKidneyFound", "pick_device",
+           "fine_grid", "sliding_window", "run_network", "check_ct", "Reorientation"]

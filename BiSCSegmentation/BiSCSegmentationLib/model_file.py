@@ -1,0 +1,241 @@
+"""Model files: one file per cascade stage holding the weights and everything needed to use them.
+
+A model file is a ``torch.save`` dictionary (loaded with ``weights_only=True``, so it cannot run code):
+
+    format: "bisc-unet-model", format_version: 1, stage: "rough" | "fine",
+    architecture: SCUNetConfig fields, grid: how the stage resamples its input (see ``StageModel``),
+    intensity: {"clip": [lo, hi], "mean": m, "std": s}, labels: {"0": "background", "1": "kidney", "2": "tumor"},
+    inference_window: [z, y, x] largest block run at once, training: free-form provenance (command, data, loss),
+    state_dict: the SC-UNet weights.
+
+Loading validates every field and reports a wrong, truncated or mismatched file in plain words. Bundled
+models are listed in ``models/models.json`` with their SHA-256, which loading checks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from .network import SCUNet, SCUNetConfig
+from .volume import atomic_target
+
+FORMAT = "bisc-unet-model"
+FORMAT_VERSION = 1
+STAGES = ("rough", "fine")
+LABELS = {"0": "background", "1": "kidney", "2": "tumor"}
+BUNDLED_DIR = Path(__file__).resolve().parent / "models"
+REGISTRY = BUNDLED_DIR / "models.json"
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt, of another format, or does not match its checksum or architecture."""
+
+
+@dataclass
+class StageModel:
+    """A loaded stage: the network plus how to feed it.
+
+    grid for "rough": {"inplane_size": 128, "z_spacing": 3.0} (paper: in-plane resized to 128x128);
+    grid for "fine":  {"spacing": [x, y, z]} in mm (paper: 0.78 x 0.78 x 3).
+    """
+
+    stage: str
+    config: SCUNetConfig
+    grid: Dict
+    intensity: Dict = field(default_factory=lambda: {"clip": [-79.0, 304.0], "mean": 101.0, "std": 76.9})
+    inference_window: Tuple[int, int, int] = (128, 192, 192)
+    training: Dict = field(default_factory=dict)
+    network: Optional[SCUNet] = None
+    path: Optional[Path] = None
+    sha256: Optional[str] = None
+
+    def build(self) -> SCUNet:
+        self.network = SCUNet(self.config)
+        return self.network
+
+    @property
+    def fine_spacing(self) -> Tuple[float, float, float]:
+        return tuple(float(s) for s in self.grid["spacing"])
+
+    def to_file_dict(self) -> Dict:
+        if self.network is None:
+            raise ModelFileError("no network to save")
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "stage": self.stage,
+                "architecture": self.config.to_dict(), "grid": dict(self.grid), "intensity": dict(self.intensity),
+                "labels": dict(LABELS), "inference_window": list(self.inference_window),
+                "training": dict(self.training),
+                "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
+
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model_file(model: StageModel, path, force: bool = False) -> str:
+    """Write atomically; returns the file's SHA-256."""
+    path = Path(path)
+    tmp = atomic_target(path, force)
+    try:
+        torch.save(model.to_file_dict(), tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return sha256_of(path)
+
+
+def _require(cond: bool, path, what: str) -> None:
+    if not cond:
+        raise ModelFileError(f"{path}: {what}")
+
+
+def load_model_file(path, expected_sha256: Optional[str] = None, stage: Optional[str] = None) -> StageModel:
+    """Load and validate a model file; the network is built, filled, and put in eval mode on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    digest = sha256_of(path)
+    if expected_sha256 and digest != expected_sha256.lower():
+        raise ModelFileError(f"{path}: SHA-256 {digest[:16]}... does not match the published {expected_sha256[:16]}...; "
+                             f"the file is damaged or not the published model: download or reinstall it")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated / foreign files
+        raise ModelFileError(f"{path}: not a readable BiSCSegmentation model file (truncated or another format: "
+                             f"{type(exc).__name__})") from exc
+    _require(isinstance(raw, dict) and raw.get("format") == FORMAT, path,
+             f"not a BiSCSegmentation model file (no \"format\": \"{FORMAT}\")")
+    _require(raw.get("format_version") == FORMAT_VERSION, path,
+             f"model format version {raw.get('format_version')} is not supported by this version "
+             f"(supports {FORMAT_VERSION}); update BiSCSegmentation")
+    _require(raw.get("stage") in STAGES, path, f"stage must be one of {STAGES}, got {raw.get('stage')!r}")
+    if stage is not None:
+        _require(raw["stage"] == stage, path, f"is a {raw['stage']} model, but a {stage} model was expected")
+    try:
+        config = SCUNetConfig.from_dict(raw["architecture"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: invalid architecture ({exc})") from exc
+    grid = raw.get("grid") or {}
+    if raw["stage"] == "rough":
+        _require(isinstance(grid.get("inplane_size"), int) and grid["inplane_size"] % config.divisor == 0
+                 and float(grid.get("z_spacing", 0)) > 0, path,
+                 f"rough grid needs inplane_size (multiple of {config.divisor}) and z_spacing > 0, got {grid}")
+    else:
+        sp = grid.get("spacing")
+        _require(isinstance(sp, (list, tuple)) and len(sp) == 3 and all(float(s) > 0 for s in sp), path,
+                 f"fine grid needs spacing [x, y, z] > 0, got {grid}")
+    inten = raw.get("intensity") or {}
+    _require(len(inten.get("clip", [])) == 2 and float(inten.get("std", 0)) > 0, path,
+             f"intensity needs clip [lo, hi] and std > 0, got {inten}")
+    _require(raw.get("labels") == LABELS, path, f"labels must be {LABELS}, got {raw.get('labels')}")
+    window = tuple(int(w) for w in raw.get("inference_window", ()))
+    _require(len(window) == 3 and all(w > 0 and w % config.divisor == 0 for w in window), path,
+             f"inference_window must be three multiples of {config.divisor}, got {window}")
+    model = StageModel(raw["stage"], config, grid, inten, window, raw.get("training") or {}, path=path, sha256=digest)
+    net = model.build()
+    try:
+        net.load_state_dict(raw["state_dict"], strict=True)
+    except (KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise ModelFileError(f"{path}: the weights do not match the stored architecture ({first})") from exc
+    net.eval()
+    return model
+
+
+# ------------------------------------------------------------------------------------------ bundled models
+def registry() -> Dict:
+    if not REGISTRY.is_file():
+        raise ModelFileError(f"{REGISTRY}: the bundled model list is missing; reinstall BiSCSegmentation")
+    return json.loads(REGISTRY.read_text())
+
+
+def bundled_model_names() -> List[str]:
+    return sorted(registry()["models"])
+
+
+def bundled_entry(name: Optional[str] = None) -> Tuple[str, Dict]:
+    reg = registry()
+    name = name or reg["default"]
+    if name not in reg["models"]:
+        raise ModelFileError(f"no bundled model named {name!r}; available: {', '.join(sorted(reg['models']))}")
+    return name, reg["models"][name]
+
+
+def load_bundled(name: Optional[str] = None, cache_dir=None,
+                 progress: Optional[Callable[[int, int], None]] = None) -> Tuple[StageModel, StageModel]:
+    """(rough, fine) of a bundled model: from the package, else downloaded from its URL into the cache."""
+    name, entry = bundled_entry(name)
+    models = []
+    for stage in STAGES:
+        item = entry[stage]
+        path = BUNDLED_DIR / item["file"]
+        if not path.is_file():
+            if not item.get("url"):
+                raise ModelFileError(f"{path}: bundled {stage} model file is missing and has no download URL; "
+                                     f"reinstall BiSCSegmentation or pass model files explicitly")
+            path = download_model(item["url"], item["sha256"], cache_dir=cache_dir, progress=progress)
+        models.append(load_model_file(path, expected_sha256=item["sha256"], stage=stage))
+    return models[0], models[1]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("BISC_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "bisc-segmentation")
+    return Path(base)
+
+
+def download_model(url: str, sha256: str, cache_dir=None, progress: Optional[Callable[[int, int], None]] = None,
+                   timeout: float = 60.0) -> Path:
+    """Download ``url`` (http(s) or file://) into the cache, verified by SHA-256; reuses a verified copy."""
+    if not sha256 or len(sha256) != 64:
+        raise ModelFileError(f"refusing to download {url} without a published 64-hex-digit SHA-256")
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    name = os.path.basename(urllib.request.urlparse(url).path) or "model.pt"
+    target = cache / f"{sha256[:12]}-{name}"
+    if target.is_file() and sha256_of(target) == sha256.lower():
+        return target
+    tmp = target.with_name(target.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0)
+            done = 0
+            while True:
+                chunk = resp.read(1 << 16)
+                if not chunk:
+                    break
+                out.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelFileError(f"cannot download {url} ({exc}); check the address or the network, or browse to "
+                             f"a local model file instead") from exc
+    got = sha256_of(tmp)
+    if got != sha256.lower():
+        tmp.unlink(missing_ok=True)
+        raise ModelFileError(f"download of {url} has SHA-256 {got[:16]}..., expected {sha256[:16]}...; not used")
+    os.replace(tmp, target)
+    return target
+
+
+def describe(model: StageModel) -> str:
+    grid = (f"in-plane {model.grid['inplane_size']}^2, z {model.grid['z_spacing']} mm" if model.stage == "rough"
+            else "spacing " + " x ".join(f"{s:g}" for s in model.fine_spacing) + " mm")
+    return f"{model.stage}: widths {model.config.widths}, {model.config.norm} norm, {grid}"
+
+
+__all__ = ["StageModel", "ModelFileError", "save_model_file", "load_model_file", "load_bundled", "download_model",
+           "bundled_model_names", "bundled_entry", "sha256_of", "describe"]

@@ -1,0 +1,223 @@
+"""Kidney regions of interest: found from the rough mask, edited by people, consumed by the fine stage.
+
+An ROI is a box in patient coordinates (LPS, millimetres), axis-aligned with the patient axes, like a 3D
+Slicer Markups ROI with no rotation. Keeping ROIs physical (not in voxels) is what lets a person move and
+resize them in any viewer and lets the fine stage run at its own spacing.
+
+Sizing follows the paper (Sec. 3.2): in-plane 160 fine-model voxels, or 192 when the kidney is bigger,
+along z a multiple of 16 larger than the kidney. Kidneys wider than 192 voxels (about 5% in KiTS19) get the
+next multiple of 16, so no kidney or tumor is ever cut off.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from .volume import Volume, atomic_target
+
+SIDES = ("right", "left", "both", "unknown")
+ROI_FORMAT = "bisc-rois"
+ROI_FORMAT_VERSION = 1
+MIN_ROI_MM = 16.0
+
+
+class ROIError(ValueError):
+    """An ROI or ROI file is unusable; the message says what to fix."""
+
+
+@dataclass
+class KidneyROI:
+    center: Tuple[float, float, float]   # LPS mm
+    size: Tuple[float, float, float]     # mm along L (x), P (y), S (z)
+    side: str = "unknown"
+
+    def __post_init__(self):
+        self.center = tuple(float(c) for c in self.center)
+        self.size = tuple(float(s) for s in self.size)
+        if len(self.center) != 3 or len(self.size) != 3:
+            raise ROIError("an ROI needs a 3D center and a 3D size")
+        if not all(math.isfinite(v) for v in self.center + self.size):
+            raise ROIError(f"ROI center/size must be finite numbers, got {self.center} / {self.size}")
+        if min(self.size) <= 0:
+            raise ROIError(f"ROI size must be positive in every direction, got {self.size} mm")
+        if self.side not in SIDES:
+            raise ROIError(f"ROI side must be one of {SIDES}, got {self.side!r}")
+
+    @property
+    def name(self) -> str:
+        return {"right": "Right kidney ROI", "left": "Left kidney ROI",
+                "both": "Kidneys ROI", "unknown": "Kidney ROI"}[self.side]
+
+    @property
+    def lower(self) -> np.ndarray:
+        return np.asarray(self.center) - np.asarray(self.size) / 2
+
+    @property
+    def upper(self) -> np.ndarray:
+        return np.asarray(self.center) + np.asarray(self.size) / 2
+
+    def corners(self) -> np.ndarray:
+        lo, hi = self.lower, self.upper
+        return np.array([[(lo, hi)[a][0], (lo, hi)[b][1], (lo, hi)[c][2]]
+                         for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+
+    def contains(self, points_lps: np.ndarray) -> np.ndarray:
+        p = np.asarray(points_lps)
+        return np.all((p >= self.lower - 1e-6) & (p <= self.upper + 1e-6), axis=-1)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "side": self.side, "center": list(self.center), "size": list(self.size)}
+
+
+# ------------------------------------------------------------------------------------------------------ sizing
+def paper_roi_voxels(extent_vox: Sequence[float]) -> Tuple[int, int, int]:
+    """Fine-grid ROI size (x, y, z voxels) for a kidney extent in fine voxels (x, y, z), margins included."""
+    inplane = max(extent_vox[0], extent_vox[1])
+    if inplane <= 160:
+        n_xy = 160
+    elif inplane <= 192:
+        n_xy = 192
+    else:
+        n_xy = int(math.ceil(inplane / 16.0) * 16)
+    n_z = int(math.floor(extent_vox[2] / 16.0) * 16 + 16)  # a multiple of 16, strictly larger
+    return n_xy, n_xy, n_z
+
+
+def component_bounds_lps(mask: Volume, labels: np.ndarray, count: int) -> List[Tuple[np.ndarray, np.ndarray, int]]:
+    """Physical (LPS) bounding box of each labelled component, voxel extents included, and its voxel count."""
+    out = []
+    for idx, sl in enumerate(ndimage.find_objects(labels)[:count], start=1):
+        if sl is None:
+            out.append((None, None, 0))
+            continue
+        # array is [k, j, i]; index box corners at +-0.5 voxel
+        k0, j0, i0 = (s.start - 0.5 for s in sl)
+        k1, j1, i1 = (s.stop - 0.5 for s in sl)
+        corners = np.array([[i, j, k] for i in (i0, i1) for j in (j0, j1) for k in (k0, k1)])
+        phys = mask.index_to_physical(corners)
+        n = int(np.count_nonzero(labels[sl] == idx))
+        out.append((phys.min(axis=0), phys.max(axis=0), n))
+    return out
+
+
+def rois_from_mask(mask: Volume, fine_spacing: Sequence[float], min_component_ml: float = 10.0,
+                   min_fraction_of_largest: float = 0.05, margin_mm: Sequence[float] = (10.0, 10.0, 6.0),
+                   max_rois: int = 2, midline_x: Optional[float] = None) -> List[KidneyROI]:
+    """One ROI per kidney from a (rough) label map: the largest 26-connected components of label > 0.
+
+    Small islands (under ``min_component_ml`` or under a fraction of the largest) are ignored; one
+    component (solitary kidney) gives one ROI; a component crossing the midline well on both sides
+    (horseshoe kidney) gives one ROI with side "both". Returns an empty list when no kidney is found.
+    """
+    fg = np.asarray(mask.array) > 0
+    if not fg.any():
+        return []
+    labels, count = ndimage.label(fg, structure=np.ones((3, 3, 3), bool))
+    bounds = component_bounds_lps(mask, labels, count)
+    vml = mask.voxel_volume_ml
+    comps = [(n * vml, lo, hi) for lo, hi, n in bounds if n]
+    comps.sort(key=lambda c: -c[0])
+    largest = comps[0][0]
+    keep = [c for c in comps if c[0] >= min_component_ml and c[0] >= min_fraction_of_largest * largest][:max_rois]
+    if midline_x is None:
+        centre_idx = (np.array(mask.size_ijk) - 1) / 2.0
+        midline_x = float(mask.index_to_physical(centre_idx)[0])
+    fine_spacing = np.asarray(fine_spacing, dtype=float)
+    margin = np.asarray(margin_mm, dtype=float)
+    rois = []
+    for _, lo, hi in keep:
+        extent_vox = (hi - lo + 2 * margin) / fine_spacing
+        size = np.array(paper_roi_voxels(extent_vox)) * fine_spacing
+        center = (lo + hi) / 2
+        rois.append(KidneyROI(tuple(center), tuple(size), _side(lo, hi, midline_x)))
+    if len(rois) == 2 and rois[0].side == rois[1].side and "both" not in (rois[0].side, rois[1].side):
+        # two kidneys on the same side of an off-centre scan: LPS +x is the patient's left
+        a, b = sorted(rois, key=lambda r: r.center[0])
+        a.side, b.side = "right", "left"
+    return sorted(rois, key=lambda r: r.center[0])
+
+
+def _side(lo: np.ndarray, hi: np.ndarray, midline_x: float, crossing_mm: float = 20.0) -> str:
+    if lo[0] < midline_x - crossing_mm and hi[0] > midline_x + crossing_mm:
+        return "both"
+    return "right" if (lo[0] + hi[0]) / 2 < midline_x else "left"
+
+
+# ---------------------------------------------------------------------------------------------- ROI vs volume
+def roi_index_bounds(roi: KidneyROI, volume: Volume) -> Tuple[np.ndarray, np.ndarray]:
+    """Continuous (i, j, k) bounds of the ROI's corners in the volume's index space."""
+    idx = volume.physical_to_index(roi.corners())
+    return idx.min(axis=0), idx.max(axis=0)
+
+
+def check_roi(roi: KidneyROI, volume: Volume) -> List[str]:
+    """Plain-language problems that stop the fine stage from using this ROI (empty list: fine)."""
+    problems = []
+    if min(roi.size) < MIN_ROI_MM:
+        problems.append(f"{roi.name} is too small ({' x '.join(f'{s:.0f}' for s in roi.size)} mm); "
+                        f"make it at least {MIN_ROI_MM:.0f} mm in every direction and cover the whole kidney")
+    lo, hi = roi_index_bounds(roi, volume)
+    n = np.array(volume.size_ijk)
+    if np.any(hi < -0.5) or np.any(lo > n - 0.5):
+        problems.append(f"{roi.name} lies outside the image; move it onto the kidney")
+    return problems
+
+
+def roi_overlap_fraction(roi: KidneyROI, volume: Volume) -> float:
+    """Fraction of the ROI's index-space box that lies inside the image (1.0 = fully inside)."""
+    lo, hi = roi_index_bounds(roi, volume)
+    n = np.array(volume.size_ijk)
+    inter = np.clip(np.minimum(hi, n - 0.5) - np.maximum(lo, -0.5), 0, None)
+    full = np.maximum(hi - lo, 1e-9)
+    return float(np.prod(inter / full))
+
+
+# ------------------------------------------------------------------------------------------------------- JSON
+def save_rois(rois: Sequence[KidneyROI], path, force: bool = False) -> Path:
+    path = Path(path)
+    doc = {"format": ROI_FORMAT, "version": ROI_FORMAT_VERSION, "coordinate_system": "LPS", "units": "mm",
+           "rois": [r.to_dict() for r in rois]}
+    tmp = atomic_target(path, force)
+    try:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_rois(path) -> List[KidneyROI]:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ROIError(f"{path}: no such ROI file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ROIError(f"{path}: not a JSON file ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != ROI_FORMAT:
+        raise ROIError(f"{path}: not a BiSCSegmentation ROI file (expected \"format\": \"{ROI_FORMAT}\"); "
+                       f"write one with bisc-segment --save-rois")
+    if doc.get("version") != ROI_FORMAT_VERSION:
+        raise ROIError(f"{path}: ROI file version {doc.get('version')} is not supported (expected {ROI_FORMAT_VERSION})")
+    system = str(doc.get("coordinate_system", "LPS")).upper()
+    if system not in ("LPS", "RAS"):
+        raise ROIError(f"{path}: coordinate_system must be LPS or RAS, got {system}")
+    rois = []
+    for n, item in enumerate(doc.get("rois", []), start=1):
+        try:
+            center = [float(v) for v in item["center"]]
+            if system == "RAS":
+                center = [-center[0], -center[1], center[2]]
+            rois.append(KidneyROI(center, item["size"], item.get("side", "unknown")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ROIError(f"{path}: ROI #{n} is malformed ({exc}); each ROI needs center [x,y,z] and size "
+                           f"[x,y,z] in mm") from exc
+    return rois

@@ -1,0 +1,198 @@
+"""``bisc-train``: prepare KiTS19 data, train the rough and fine SC-UNets, evaluate the cascade.
+
+    bisc-train all --kits DIR --out DIR [--synthesize]     # everything, one command
+    bisc-train prepare --kits DIR --cache DIR [--synthesize]
+    bisc-train stage {rough,fine} --cache DIR --split FILE --out DIR   (also under torchrun for DDP)
+    bisc-train evaluate --kits DIR --split FILE --models DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from tqdm import tqdm
+
+from BiSCSegmentationLib.model_file import load_model_file, sha256_of
+
+from . import data as D
+from .train import TrainConfig, train
+
+STAGE_DEFAULTS = {"rough": {"patch_size": [48, 128, 128], "inference_window": [128, 128, 128]},
+                  "fine": {"patch_size": [48, 160, 160], "inference_window": [96, 192, 192]}}
+
+
+def _ints(text: str) -> List[int]:
+    return [int(v) for v in text.replace("x", ",").split(",") if v]
+
+
+def _floats(text: str) -> List[float]:
+    return [float(v) for v in text.replace("x", ",").split(",") if v]
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kits", type=Path, help="KiTS19 folder: case_XXXXX/segmentation.nii.gz (+ imaging.nii.gz)")
+    p.add_argument("--synthesize", action="store_true",
+                   help="build phantom CT around each label map (for label-only data such as ../shared)")
+    p.add_argument("--max-cases", type=int, default=0, help="use only the first N cases (0: all)")
+    p.add_argument("--inplane-size", type=int, default=128)
+    p.add_argument("--rough-z-spacing", type=float, default=3.0)
+    p.add_argument("--fine-spacing", type=_floats, default=[0.78, 0.78, 3.0], help="x,y,z mm (paper 0.78,0.78,3)")
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--widths", type=_ints, default=[16, 32, 64, 128], help="channels per level, e.g. 16,32,64,128")
+    p.add_argument("--norm", choices=["instance", "batch", "none"], default="instance")
+    p.add_argument("--loss", choices=["bce", "ce"], default="bce", help="bce: balanced cross-entropy (Eq. 1)")
+    p.add_argument("--threshold", type=float, default=0.1, help="T of Eq. 1")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--iterations", type=int, default=4000, help="iterations per epoch")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--patch-size", type=_ints, default=None, help="z,y,x voxels")
+    p.add_argument("--rough-patch-size", type=_ints, default=None)
+    p.add_argument("--fine-patch-size", type=_ints, default=None)
+    p.add_argument("--no-mirror", action="store_true", help="no random mirroring")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=200)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bisc-train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="preprocess cases into a cache folder and write the split")
+    _add_data(p)
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--split", type=Path, help="split file (default CACHE/split.json)")
+    p = sub.add_parser("stage", help="train one stage from a prepared cache")
+    p.add_argument("stage", choices=["rough", "fine"])
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--split", type=Path, help="default CACHE/split.json")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--fine-spacing", type=_floats, default=[0.78, 0.78, 3.0])
+    _add_train(p)
+    p = sub.add_parser("evaluate", help="run the cascade on the split's test cases, KiTS19 metric")
+    _add_data(p)
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--models", type=Path, required=True, help="folder with rough.pt and fine.pt")
+    p.add_argument("--out", type=Path, help="default MODELS/evaluation")
+    p.add_argument("--device", default="auto")
+    p = sub.add_parser("all", help="prepare, train rough and fine, evaluate on the held-out fifth")
+    _add_data(p)
+    p.add_argument("--out", type=Path, required=True)
+    _add_train(p)
+    return ap
+
+
+def _prep_config(args) -> D.PrepConfig:
+    return D.PrepConfig(args.inplane_size, args.rough_z_spacing, tuple(args.fine_spacing), synthesize=args.synthesize)
+
+
+def _cases(args) -> List[str]:
+    if args.kits is None:
+        raise SystemExit("bisc-train: --kits DIR is required")
+    cases = D.list_cases(args.kits)
+    return cases[: args.max_cases] if args.max_cases else cases
+
+
+def cmd_prepare(args, cache: Path, split_path: Path) -> dict:
+    cases = _cases(args)
+    split = D.make_split(cases, split_path)
+    bar = tqdm(total=len(cases), desc="prepare", unit="case")
+    t0 = time.perf_counter()
+    D.prepare_cache(args.kits, cases, cache, _prep_config(args),
+                    progress=lambda n, total, case: (bar.update(1), bar.set_postfix_str(case)))
+    bar.close()
+    print(f"prepared {len(cases)} cases in {time.perf_counter() - t0:.0f} s -> {cache} "
+          f"(train {len(split['train'])}, test {len(split['test'])}; split {split_path})")
+    return split
+
+
+def cmd_stage(args, stage: str, cache: Path, split: dict, out: Path) -> Path:
+    patch = getattr(args, f"{stage}_patch_size", None) or args.patch_size or STAGE_DEFAULTS[stage]["patch_size"]
+    cfg = TrainConfig(stage=stage, cache_dir=str(cache), out_dir=str(out), cases=list(split["train"]),
+                      widths=args.widths, norm=args.norm, loss=args.loss, threshold=args.threshold,
+                      epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
+                      patch_size=list(patch), fine_spacing=list(args.fine_spacing),
+                      rough_grid={"inplane_size": getattr(args, "inplane_size", 128),
+                                  "z_spacing": getattr(args, "rough_z_spacing", 3.0)},
+                      inference_window=STAGE_DEFAULTS[stage]["inference_window"], mirror=not args.no_mirror,
+                      seed=args.seed, device=args.device, amp=args.amp, threads=args.threads,
+                      checkpoint_every=args.checkpoint_every,
+                      command="bisc-train " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    bar = tqdm(total=cfg.total_iterations(), desc=f"train {stage}", unit="it")
+
+    def progress(it, total, loss):
+        bar.n = it
+        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.refresh()
+
+    t0 = time.perf_counter()
+    try:
+        path = train(cfg, progress)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"\ninterrupted: checkpoint saved in {out}; run the same command again to resume", file=sys.stderr)
+        raise SystemExit(130)
+    bar.close()
+    print(f"{stage} model: {path} (sha256 {sha256_of(path)}), {time.perf_counter() - t0:.0f} s")
+    return path
+
+
+class LazyCases:
+    """Test cases built on access (a synthesized CT is large: never hold them all)."""
+
+    def __init__(self, kits, cases, synthesize):
+        self.kits, self.cases, self.synthesize = kits, list(cases), synthesize
+
+    def __len__(self):
+        return len(self.cases)
+
+    def __getitem__(self, n):
+        ct, gt = D.read_case(self.kits, self.cases[n], self.synthesize)
+        return self.cases[n], ct, gt
+
+
+def cmd_evaluate(args, split: dict, models: Path, out: Path) -> dict:
+    from BiSCSegmentationLib.cascade import CascadePredictor
+    from .evaluate_cascade import evaluate_cascade
+
+    predictor = CascadePredictor(load_model_file(models / "rough.pt", stage="rough"),
+                                 load_model_file(models / "fine.pt", stage="fine"), device=args.device)
+    return evaluate_cascade(predictor, LazyCases(args.kits, split["test"], args.synthesize), out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "prepare":
+            cmd_prepare(args, args.cache, args.split or args.cache / "split.json")
+        elif args.command == "stage":
+            split_path = args.split or args.cache / "split.json"
+            if not split_path.is_file():
+                raise SystemExit(f"bisc-train: {split_path}: no split file; run 'bisc-train prepare' first")
+            cmd_stage(args, args.stage, args.cache, json.loads(split_path.read_text()), args.out)
+        elif args.command == "evaluate":
+            cmd_evaluate(args, json.loads(args.split.read_text()), args.models, args.out or args.models / "evaluation")
+        else:
+            cache, split_path = args.out / "cache", args.out / "split.json"
+            split = cmd_prepare(args, cache, split_path)
+            for stage in ("rough", "fine"):
+                cmd_stage(args, stage, cache, split, args.out)
+            cmd_evaluate(args, split, args.out, args.out / "evaluation")
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"bisc-train: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""KiTS19 data for training: reading cases, the 4/5-1/5 split, preprocessing into a cache, patch sampling.
+
+Each case is reoriented to canonical axes and resampled once (CT linear with antialiasing, labels nearest)
+to the two grids the stages see, with the same code the cascade uses at inference:
+- rough: in-plane resized to ``inplane_size`` (paper: 128x128), z at ``rough_z_spacing``;
+- fine: ``fine_spacing`` (paper: 0.78 x 0.78 x 3 mm), cropped around each ground-truth kidney with room
+  for the ROI jitter.
+Edge targets (per-slice Canny of kidney and tumor masks) are computed then too. Where a case has no CT
+(the label maps in ../shared), ``synthesize=True`` builds one around the real anatomy (phantom.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from BiSCSegmentationLib.losses import kidney_and_tumor_edges
+from BiSCSegmentationLib.resample import AxisMap, covering_map, resample_linear, resample_nearest, spacing_map
+from BiSCSegmentationLib.volume import Volume, read_volume, to_canonical
+
+CASE_RE = re.compile(r"^case_\d{5}$")
+AIR_HU = -1024.0
+
+
+@dataclass
+class PrepConfig:
+    inplane_size: int = 128
+    rough_z_spacing: float = 3.0
+    fine_spacing: Tuple[float, float, float] = (0.78, 0.78, 3.0)  # x, y, z mm
+    fine_margin_mm: Tuple[float, float, float] = (90.0, 90.0, 45.0)  # room around each kidney (x, y, z)
+    synthesize: bool = False
+
+    def to_dict(self) -> Dict:
+        return {"inplane_size": self.inplane_size, "rough_z_spacing": self.rough_z_spacing,
+                "fine_spacing": list(self.fine_spacing), "fine_margin_mm": list(self.fine_margin_mm),
+                "synthesize": self.synthesize}
+
+
+# --------------------------------------------------------------------------------------------- cases, split
+def list_cases(kits_dir) -> List[str]:
+    kits_dir = Path(kits_dir)
+    if not kits_dir.is_dir():
+        raise FileNotFoundError(f"{kits_dir}: no such KiTS19 folder (expected case_XXXXX/segmentation.nii.gz)")
+    cases = sorted(p.name for p in kits_dir.iterdir() if CASE_RE.match(p.name) and (p / "segmentation.nii.gz").is_file())
+    if not cases:
+        raise FileNotFoundError(f"{kits_dir}: holds no case_XXXXX/segmentation.nii.gz")
+    return cases
+
+
+def read_labels(path) -> Volume:
+    """A KiTS19 label map; some are stored as uint16, so values are checked and cast to uint8."""
+    vol = read_volume(path)
+    arr = vol.array
+    if arr.size and (arr.min() < 0 or arr.max() > 2):
+        raise ValueError(f"{path}: labels must be 0 (background), 1 (kidney), 2 (tumor); found {arr.min()}..{arr.max()}")
+    return vol.with_array(arr.astype(np.uint8))
+
+
+def read_case(kits_dir, case_id: str, synthesize: bool = False) -> Tuple[Volume, Volume]:
+    """(ct, labels) of one case; with ``synthesize`` a phantom CT is built around the real label map."""
+    case = Path(kits_dir) / case_id
+    labels = read_labels(case / "segmentation.nii.gz")
+    img = case / "imaging.nii.gz"
+    if img.is_file() and not synthesize:
+        ct = read_volume(img)
+        if not ct.same_grid(labels):
+            raise ValueError(f"{case}: imaging and segmentation grids differ")
+        return ct, labels
+    if not synthesize:
+        raise FileNotFoundError(f"{img}: missing; pass --synthesize to build phantom CT around the label maps")
+    from BiSCSegmentationLib.phantom import synthesize_ct
+    return synthesize_ct(labels, seed=int(case_id[-5:])), labels
+
+
+def make_split(cases: Sequence[str], path, test_fraction: float = 0.2, seed: int = 0) -> Dict:
+    """Deterministic 4/5-1/5 split written to ``path``; an existing split file is reused (and checked)."""
+    path = Path(path)
+    if path.is_file():
+        split = json.loads(path.read_text())
+        unknown = set(split["train"] + split["test"]) - set(cases)
+        if unknown:
+            raise ValueError(f"{path}: split names cases not in the data folder: {sorted(unknown)[:5]}")
+        return split
+    order = list(cases)
+    np.random.default_rng(seed).shuffle(order)
+    n_test = max(1, int(round(len(order) * test_fraction))) if len(order) > 1 else 0
+    split = {"seed": seed, "test_fraction": test_fraction, "train": sorted(order[n_test:]), "test": sorted(order[:n_test])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(split, indent=1) + "\n")
+    os.replace(tmp, path)
+    return split
+
+
+# ----------------------------------------------------------------------------------------------- preprocess
+def rough_maps(canon: Volume, cfg: PrepConfig) -> Tuple[AxisMap, AxisMap, AxisMap]:
+    nz, ny, nx = canon.array.shape
+    return (spacing_map(nz, canon.spacing[2], cfg.rough_z_spacing),
+            covering_map(ny, cfg.inplane_size), covering_map(nx, cfg.inplane_size))
+
+
+def fine_maps(canon: Volume, cfg: PrepConfig) -> Tuple[AxisMap, AxisMap, AxisMap]:
+    nz, ny, nx = canon.array.shape
+    fx, fy, fz = cfg.fine_spacing
+    return (spacing_map(nz, canon.spacing[2], fz), spacing_map(ny, canon.spacing[1], fy),
+            spacing_map(nx, canon.spacing[0], fx))
+
+
+def _sample(ct: np.ndarray, labels: np.ndarray, maps) -> Dict[str, np.ndarray]:
+    img = resample_linear(ct, maps, fill=AIR_HU).numpy()
+    lab = resample_nearest(labels, maps)
+    kedge, tedge = kidney_and_tumor_edges(lab)
+    return {"ct": np.round(img).astype(np.int16), "labels": lab.astype(np.uint8), "kidney_edge": kedge,
+            "tumor_edge": tedge}
+
+
+def kidney_boxes(labels: np.ndarray, spacing_zyx, margin_mm_zyx, min_voxels: int = 50) -> List[Tuple[slice, ...]]:
+    """Crop boxes around each ground-truth kidney component (26-connected), grown by the margin."""
+    comp, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    boxes = []
+    for idx, sl in enumerate(ndimage.find_objects(comp), start=1):
+        if sl is None or np.count_nonzero(comp[sl] == idx) < min_voxels:
+            continue
+        grown = []
+        for ax, s in enumerate(sl):
+            m = int(math.ceil(margin_mm_zyx[ax] / spacing_zyx[ax]))
+            grown.append(slice(max(0, s.start - m), min(labels.shape[ax], s.stop + m)))
+        boxes.append(tuple(grown))
+    return boxes
+
+
+def preprocess_case(ct: Volume, labels: Volume, cfg: PrepConfig) -> Dict[str, np.ndarray]:
+    """Arrays for the cache: rough_* (whole volume) and fine{n}_* (one crop per kidney)."""
+    canon_ct, _ = to_canonical(ct)
+    canon_lab, _ = to_canonical(labels)
+    out = {f"rough_{k}": v for k, v in _sample(canon_ct.array, canon_lab.array, rough_maps(canon_ct, cfg)).items()}
+    fine = _sample(canon_ct.array, canon_lab.array, fine_maps(canon_ct, cfg))
+    spacing_zyx = cfg.fine_spacing[::-1]
+    for n, box in enumerate(kidney_boxes(fine["labels"], spacing_zyx, cfg.fine_margin_mm[::-1])):
+        for k, v in fine.items():
+            out[f"fine{n}_{k}"] = np.ascontiguousarray(v[box])
+    return out
+
+
+def prepare_cache(kits_dir, cases: Sequence[str], cache_dir, cfg: PrepConfig, progress=None) -> Path:
+    """Preprocess every case once into ``cache_dir/<case>.npz`` (skips cases already there)."""
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    meta = cache / "prep.json"
+    if meta.is_file() and json.loads(meta.read_text()) != cfg.to_dict():
+        raise ValueError(f"{cache}: prepared with other settings ({meta}); use another --cache folder")
+    meta.write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    for n, case in enumerate(cases):
+        target = cache / f"{case}.npz"
+        if not target.is_file():
+            ct, labels = read_case(kits_dir, case, cfg.synthesize)
+            arrays = preprocess_case(ct, labels, cfg)
+            tmp = cache / f".{case}.part.npz"
+            np.savez(tmp, **arrays)
+            os.replace(tmp, target)
+        if progress:
+            progress(n + 1, len(cases), case)
+    return cache
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+class PatchSampler:
+    """Random training patches for one stage from the cache, deterministic given its numpy Generator.
+
+    rough: a z-window of the whole low-resolution volume (all 128x128 in-plane);
+    fine: a patch inside a kidney crop, centred on a tumor voxel with probability ``tumor_prob``, else
+    on a kidney voxel, jittered by up to ``jitter_mm`` (like the rough stage's localisation errors).
+    Random mirroring in three directions (paper Sec. 3.1).
+    """
+
+    def __init__(self, cache_dir, cases: Sequence[str], stage: str, patch_size: Sequence[int],
+                 fine_spacing=(0.78, 0.78, 3.0), tumor_prob: float = 0.5, jitter_mm: float = 25.0,
+                 mirror: bool = True):
+        self.stage, self.patch = stage, tuple(int(p) for p in patch_size)
+        self.tumor_prob, self.mirror = tumor_prob, mirror
+        self.jitter_vox = np.array([jitter_mm / s for s in fine_spacing[::-1]])
+        self.items = []
+        keys = ("ct", "labels", "kidney_edge", "tumor_edge")
+        for case in cases:
+            with np.load(Path(cache_dir) / f"{case}.npz") as z:
+                prefixes = ["rough"] if stage == "rough" else sorted({k.split("_")[0] for k in z.files
+                                                                       if k.startswith("fine")})
+                for p in prefixes:
+                    self.items.append(tuple(z[f"{p}_{k}"] for k in keys))
+        if not self.items:
+            raise ValueError(f"no {stage} training data in {cache_dir} for {len(cases)} cases")
+
+    def sample(self, rng: np.random.Generator):
+        ct, lab, ke, te = self.items[int(rng.integers(len(self.items)))]
+        shape = np.array(lab.shape)
+        patch = np.array(self.patch)
+        if self.stage == "rough":
+            centre = np.array([rng.uniform(0, shape[0]), shape[1] / 2, shape[2] / 2])
+        else:
+            want_tumor = rng.random() < self.tumor_prob and (lab == 2).any()
+            pts = np.argwhere(lab == 2) if want_tumor else np.argwhere(lab > 0)
+            centre = pts[int(rng.integers(len(pts)))] + rng.uniform(-1, 1, 3) * self.jitter_vox
+        start = np.round(centre - patch / 2).astype(int)
+        arrays = [_crop(a, start, patch, fill) for a, fill in ((ct, AIR_HU), (lab, 0), (ke, 0), (te, 0))]
+        if self.mirror:
+            for ax in range(3):
+                if rng.random() < 0.5:
+                    arrays = [np.flip(a, ax) for a in arrays]
+        return [np.ascontiguousarray(a) for a in arrays]
+
+    def batch(self, rng: np.random.Generator, size: int):
+        samples = [self.sample(rng) for _ in range(size)]
+        return [np.stack([s[i] for s in samples]) for i in range(4)]
+
+
+def _crop(a: np.ndarray, start: np.ndarray, size: np.ndarray, fill) -> np.ndarray:
+    out = np.full(tuple(size), fill, dtype=a.dtype)
+    src = tuple(slice(max(0, s), min(n, s + p)) for s, p, n in zip(start, size, a.shape))
+    dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start))
+    out[dst] = a[src]
+    return out

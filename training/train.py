@@ -1,0 +1,187 @@
+"""Training loop for one SC-UNet stage: Adam, Eq. 1 loss, exact resume, optional DistributedDataParallel.
+
+Resume is exact: the checkpoint holds the weights, the optimizer, the iteration count and the random
+state of the patch sampler, so an interrupted run continued from its last checkpoint ends with the same
+weights as an uninterrupted one. Under ``torchrun`` each process samples its own patches (seed + rank),
+gradients are averaged by DDP (gloo on CPU, nccl on CUDA), and rank 0 writes checkpoints and logs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from BiSCSegmentationLib.losses import DEFAULT_THRESHOLD, sc_unet_loss
+from BiSCSegmentationLib.model_file import StageModel, save_model_file
+from BiSCSegmentationLib.network import SCUNet, SCUNetConfig
+
+from .data import PatchSampler
+
+INTENSITY = {"clip": [-79.0, 304.0], "mean": 101.0, "std": 76.9}  # nnU-Net's KiTS19 CT statistics
+
+
+@dataclass
+class TrainConfig:
+    stage: str                                   # "rough" | "fine"
+    cache_dir: str
+    out_dir: str
+    cases: List[str] = field(default_factory=list)
+    widths: List[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    norm: str = "instance"
+    loss: str = "bce"                            # "bce" (Eq. 1) | "ce"
+    threshold: float = DEFAULT_THRESHOLD
+    edge_weight: float = 1.0
+    epochs: int = 20
+    iterations: int = 4000                       # per epoch
+    batch_size: int = 8                          # per process
+    lr: float = 1e-4
+    patch_size: List[int] = field(default_factory=lambda: [48, 128, 128])  # z, y, x
+    fine_spacing: List[float] = field(default_factory=lambda: [0.78, 0.78, 3.0])
+    rough_grid: Dict = field(default_factory=lambda: {"inplane_size": 128, "z_spacing": 3.0})
+    inference_window: List[int] = field(default_factory=lambda: [128, 192, 192])
+    mirror: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "off"                             # "off" | "bf16" (CPU/GPU autocast) | "fp16" (CUDA)
+    threads: int = 0                             # torch threads per process (0: torch's default)
+    checkpoint_every: int = 200                  # iterations
+    log_every: int = 20
+    command: str = ""
+
+    def total_iterations(self) -> int:
+        return self.epochs * self.iterations
+
+
+def _device(name: str, rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", rank % max(1, torch.cuda.device_count()))
+    return torch.device(name)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.amp == "off":
+        return nullcontext()
+    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def stage_model(cfg: TrainConfig, net: SCUNet, history: Dict) -> StageModel:
+    grid = dict(cfg.rough_grid) if cfg.stage == "rough" else {"spacing": list(cfg.fine_spacing)}
+    model = StageModel(cfg.stage, net.config, grid, dict(INTENSITY), tuple(cfg.inference_window),
+                       training={"command": cfg.command, "loss": cfg.loss, "threshold": cfg.threshold,
+                                 "epochs": cfg.epochs, "iterations_per_epoch": cfg.iterations,
+                                 "batch_size": cfg.batch_size, "lr": cfg.lr, "patch_size": cfg.patch_size,
+                                 "seed": cfg.seed, "amp": cfg.amp, "cases": len(cfg.cases), **history})
+    model.network = net
+    return model
+
+
+def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]] = None,
+          stop_after: Optional[int] = None) -> Path:
+    """Train (or resume) one stage; returns the path of the final model file.
+
+    ``stop_after`` stops after that many iterations with a checkpoint, as an interruption would
+    (used by the resume test).
+    """
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = _device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / f"{cfg.stage}_checkpoint.pt"
+    final_path = out / f"{cfg.stage}.pt"
+
+    torch.manual_seed(cfg.seed)
+    net = SCUNet(SCUNetConfig(widths=list(cfg.widths), norm=cfg.norm)).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    rng = np.random.default_rng([cfg.seed, rank])
+    start_it, history = 0, {"loss_log": []}
+    if ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        saved = {k: v for k, v in ck["config"].items() if k not in ("command", "device", "threads")}
+        mine = {k: v for k, v in asdict(cfg).items() if k not in ("command", "device", "threads")}
+        if saved != mine:
+            diff = sorted(k for k in mine if saved.get(k) != mine[k])
+            raise ValueError(f"{ckpt_path} was made with other settings ({', '.join(diff)}); "
+                             f"use another output folder or the same settings to resume")
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start_it, history = ck["iteration"], ck["history"]
+        rng.bit_generator.state = ck["rng"][rank]
+    model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
+    sampler = PatchSampler(cfg.cache_dir, cfg.cases, cfg.stage, cfg.patch_size, tuple(cfg.fine_spacing),
+                           mirror=cfg.mirror)
+    total = cfg.total_iterations()
+    lo, hi = INTENSITY["clip"]
+
+    def checkpoint(it: int) -> None:
+        states = [rng.bit_generator.state]
+        if distributed:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, rng.bit_generator.state)
+            states = gathered
+        if rank == 0:
+            _save_atomic({"config": asdict(cfg), "model": net.state_dict(), "optimizer": opt.state_dict(),
+                          "iteration": it, "history": history, "rng": states}, ckpt_path)
+
+    net.train()
+    t0, running = time.perf_counter(), []
+    it = start_it
+    try:
+        while it < total:
+            ct, lab, ke, te = sampler.batch(rng, cfg.batch_size)
+            x = torch.from_numpy(ct).float().clamp_(lo, hi).sub_(INTENSITY["mean"]).div_(INTENSITY["std"])
+            x = x[:, None].to(device)
+            targets = [torch.from_numpy(a).long().to(device) for a in (lab, ke, te)]
+            with _autocast(cfg, device):
+                outputs = model(x)
+            loss = sc_unet_loss(outputs, *targets, kind=cfg.loss, threshold=cfg.threshold,
+                                edge_weight=cfg.edge_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            it += 1
+            running.append(float(loss.detach()))
+            if it % cfg.log_every == 0 or it == total:
+                history["loss_log"].append([it, float(np.mean(running)), round(time.perf_counter() - t0, 2)])
+                running = []
+            if progress and rank == 0:
+                progress(it, total, float(loss.detach()))
+            if it % cfg.checkpoint_every == 0 or it == total or (stop_after is not None and it - start_it >= stop_after):
+                checkpoint(it)
+            if stop_after is not None and it - start_it >= stop_after:
+                return ckpt_path
+    except KeyboardInterrupt:
+        checkpoint(it)
+        raise
+    history["train_seconds"] = history.get("train_seconds", 0.0) + time.perf_counter() - t0
+    if rank == 0:
+        history["final_loss"] = history["loss_log"][-1][1] if history["loss_log"] else None
+        net.eval()
+        save_model_file(stage_model(cfg, net, {"train_seconds": round(history["train_seconds"], 1),
+                                                "loss_log": history["loss_log"]}), final_path, force=True)
+        (out / f"{cfg.stage}_history.json").write_text(json.dumps(history) + "\n")
+    if distributed:
+        dist.barrier()
+    return final_path

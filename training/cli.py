@@ -39,6 +39,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthesize", action="store_true",
                    help="build phantom CT around each label map (for label-only data such as ../shared)")
     p.add_argument("--max-cases", type=int, default=0, help="use only the first N cases (0: all)")
+    p.add_argument("--workers", type=int, default=1, help="processes preparing cases in parallel")
     p.add_argument("--inplane-size", type=int, default=128)
     p.add_argument("--rough-z-spacing", type=float, default=3.0)
     p.add_argument("--fine-spacing", type=_floats, default=[0.78, 0.78, 3.0], help="x,y,z mm (paper 0.78,0.78,3)")
@@ -109,7 +110,7 @@ def cmd_prepare(args, cache: Path, split_path: Path) -> dict:
     bar = tqdm(total=len(cases), desc="prepare", unit="case")
     t0 = time.perf_counter()
     D.prepare_cache(args.kits, cases, cache, _prep_config(args),
-                    progress=lambda n, total, case: (bar.update(1), bar.set_postfix_str(case)))
+                    progress=lambda n, total, case: (bar.update(1), bar.set_postfix_str(case)), workers=args.workers)
     bar.close()
     print(f"prepared {len(cases)} cases in {time.perf_counter() - t0:.0f} s -> {cache} "
           f"(train {len(split['train'])}, test {len(split['test'])}; split {split_path})")
@@ -188,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for stage in ("rough", "fine"):
                 cmd_stage(args, stage, cache, split, args.out)
             cmd_evaluate(args, split, args.out, args.out / "evaluation")
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # missing/existing files, bad settings: one clear line
         print(f"bisc-train: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -149,7 +149,7 @@ def preprocess_case(ct: Volume, labels: Volume, cfg: PrepConfig) -> Dict[str, np
     return out
 
 
-def prepare_cache(kits_dir, cases: Sequence[str], cache_dir, cfg: PrepConfig, progress=None) -> Path:
+def prepare_cache(kits_dir, cases: Sequence[str], cache_dir, cfg: PrepConfig, progress=None, workers: int = 1) -> Path:
     """Preprocess every case once into ``cache_dir/<case>.npz`` (skips cases already there)."""
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
@@ -157,17 +157,32 @@ def prepare_cache(kits_dir, cases: Sequence[str], cache_dir, cfg: PrepConfig, pr
     if meta.is_file() and json.loads(meta.read_text()) != cfg.to_dict():
         raise ValueError(f"{cache}: prepared with other settings ({meta}); use another --cache folder")
     meta.write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-    for n, case in enumerate(cases):
-        target = cache / f"{case}.npz"
-        if not target.is_file():
-            ct, labels = read_case(kits_dir, case, cfg.synthesize)
-            arrays = preprocess_case(ct, labels, cfg)
-            tmp = cache / f".{case}.part.npz"
-            np.savez(tmp, **arrays)
-            os.replace(tmp, target)
-        if progress:
-            progress(n + 1, len(cases), case)
+    todo = [c for c in cases if not (cache / f"{c}.npz").is_file()]
+    jobs = [(str(kits_dir), c, str(cache), cfg) for c in todo]
+    done = len(cases) - len(todo)
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for case in pool.imap_unordered(_prepare_one, jobs):
+                done += 1
+                if progress:
+                    progress(done, len(cases), case)
+    else:
+        for job in jobs:
+            case = _prepare_one(job)
+            done += 1
+            if progress:
+                progress(done, len(cases), case)
     return cache
+
+
+def _prepare_one(job) -> str:
+    kits_dir, case, cache, cfg = job
+    arrays = preprocess_case(*read_case(kits_dir, case, cfg.synthesize), cfg)
+    tmp = Path(cache) / f".{case}.part.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, Path(cache) / f"{case}.npz")
+    return case
 
 
 # ------------------------------------------------------------------------------------------------ sampling

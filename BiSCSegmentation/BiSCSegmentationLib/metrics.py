@@ -13,7 +13,7 @@ to find, nothing found) and 0.0 when exactly one is empty. The KiTS19 script gav
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -244,20 +244,22 @@ def tumor_components(labels, spacing: Optional[Sequence[float]] = None, directio
     arr = labels.array if isinstance(labels, Volume) else np.asarray(labels)
     m, s, d = _geometry(labels, spacing, direction)
     m = arr == label
-    comp, count = ndimage.label(m, structure=_FULL)
-    if count == 0:
+    box = _bbox(m)
+    if box is None:
         return []
-    voxels = np.bincount(comp.ravel(), minlength=count + 1)[1:]
+    comp, count = ndimage.label(m[box], structure=_FULL)   # cropped: whole-CT arrays are slow to scan
     slices = ndimage.find_objects(comp)
-    centroids = ndimage.center_of_mass(m, comp, range(1, count + 1))
+    subs = [comp[sl] == n + 1 for n, sl in enumerate(slices)]
+    voxels = np.array([int(np.count_nonzero(sub)) for sub in subs])
     voxel_ml = float(np.prod(s)) / 1000.0
     out: List[Dict[str, object]] = []
     for n in np.argsort(-voxels, kind="stable"):
         vol = float(voxels[n]) * voxel_ml
         if vol < min_volume_ml:
             continue
-        sub = comp[slices[n]] == n + 1
-        kji = tuple(float(c) for c in centroids[n])
+        sub = subs[n]
+        offset = np.array([b.start for b in box]) + np.array([sl.start for sl in slices[n]])
+        kji = tuple(float(c) for c in np.argwhere(sub).mean(axis=0) + offset)
         item: Dict[str, object] = {
             "voxels": int(voxels[n]), "volume_ml": vol,
             "largest_diameter_mm": largest_diameter_mm(sub, s, d),

@@ -137,8 +137,9 @@ def rois_from_mask(mask: Volume, fine_spacing: Sequence[float], min_component_ml
         size = np.array(paper_roi_voxels(extent_vox)) * fine_spacing
         center = (lo + hi) / 2
         rois.append(KidneyROI(tuple(center), tuple(size), _side(lo, hi, midline_x)))
-    if len(rois) == 2 and rois[0].side == rois[1].side and "both" not in (rois[0].side, rois[1].side):
-        # two kidneys on the same side of an off-centre scan: LPS +x is the patient's left
+    if len(rois) == 2:
+        # two kidneys: name them by their relative position (LPS +x is the patient's left), which holds
+        # even when the scan is off-centre and the midline estimate is not
         a, b = sorted(rois, key=lambda r: r.center[0])
         a.side, b.side = "right", "left"
     return sorted(rois, key=lambda r: r.center[0])

@@ -1,0 +1,250 @@
+"""Evaluate label maps against ground truth: KiTS19 Dice plus surface Dice; console script ``bisc-evaluate``.
+
+    bisc-evaluate PRED_DIR GT_DIR [-o OUT_DIR] [--force] [--tolerance MM ...]
+
+Ground truth may use the KiTS layout (``GT_DIR/case_00123/segmentation.nii.gz``) or flat files
+(``case_00123.nii.gz``, ``.nrrd``, ...); predictions likewise (``case_00123.nii.gz``,
+``prediction_00123.nii.gz``, ``PRED_DIR/case_00123/prediction.nii.gz``). Cases are matched by their id
+``case_XXXXX`` (``prediction_XXXXX`` and ``segmentation_XXXXX`` count as ``case_XXXXX``), otherwise by identical
+file name without suffix. Writes ``per_case.csv`` and ``summary.json`` (atomically) and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from .metrics import case_metrics
+from .volume import READABLE_SUFFIXES, Volume, atomic_target, read_volume
+
+CSV_NAME, JSON_NAME = "per_case.csv", "summary.json"
+_ID = re.compile(r"(?:case|prediction|pred|segmentation|seg)_(\d{5})(?!\d)", re.IGNORECASE)
+_LABEL_STEMS = ("segmentation", "prediction", "labels", "label", "seg", "pred")
+
+
+class EvaluationError(ValueError):
+    """Bad input to an evaluation; the message names the case or folder and says what to do."""
+
+
+@dataclass
+class EvaluationReport:
+    rows: List[Dict[str, object]]
+    summary: Dict[str, object]
+    paths: List[Path] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ case discovery
+def _stem(name: str) -> Optional[str]:
+    low = name.lower()
+    for suffix in sorted(READABLE_SUFFIXES, key=len, reverse=True):
+        if low.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def case_key(name: str) -> str:
+    """``case_XXXXX`` when the name holds a 5-digit case id, else the name without its image suffix."""
+    m = _ID.search(name)
+    if m:
+        return f"case_{m.group(1)}"
+    return _stem(name) or name
+
+
+def find_label_files(folder, role: str = "label") -> Dict[str, Path]:
+    """{case key: label file} for a flat folder of images or a KiTS-style folder of case folders."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvaluationError(f"{role} folder {folder} does not exist or is not a folder")
+    found: Dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue  # hidden and half-written (.part) files
+        if entry.is_dir():
+            inner = [p for p in sorted(entry.iterdir()) if p.is_file() and (_stem(p.name) or "").lower() in _LABEL_STEMS]
+            if not inner:
+                continue
+            if len(inner) > 1:
+                raise EvaluationError(f"{entry}: several label files ({', '.join(p.name for p in inner)}); keep one")
+            path, key = inner[0], case_key(entry.name)
+        elif entry.is_file() and _stem(entry.name) is not None and "imaging" not in entry.name.lower():
+            path, key = entry, case_key(entry.name)
+        else:
+            continue
+        if key in found:
+            raise EvaluationError(f"{role} files {found[key]} and {path} are both case {key}; keep one")
+        found[key] = path
+    return found
+
+
+def read_labels(path: Path, case: str, role: str) -> Volume:
+    vol = read_volume(path)
+    a = vol.array
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
+            raise EvaluationError(f"{case}: {role} {path} holds non-integer values; give a label map (0, 1, 2)")
+    elif a.dtype.kind not in "iub":
+        raise EvaluationError(f"{case}: {role} {path} has dtype {a.dtype}; give an integer label map")
+    if a.size and (a.min() < 0 or a.max() > 255):
+        raise EvaluationError(f"{case}: {role} {path} has labels outside 0..255; give a label map (0, 1, 2)")
+    return vol.with_array(a.astype(np.uint8))
+
+
+def check_same_grid(pred: Volume, gt: Volume, case: str) -> None:
+    """Raise EvaluationError naming the case and what differs when the two grids do not match."""
+    if pred.same_grid(gt):
+        return
+    fields = [("size (i,j,k)", pred.size_ijk, gt.size_ijk, 0), ("spacing", pred.spacing, gt.spacing, 1e-4),
+              ("origin", pred.origin, gt.origin, 1e-3), ("direction", pred.direction, gt.direction, 1e-4)]
+    diffs = [f"{name} {np.round(a, 4).tolist()} vs {np.round(b, 4).tolist()}" for name, a, b, tol in fields
+             if np.shape(a) != np.shape(b) or not np.allclose(a, b, atol=tol)]
+    raise EvaluationError(f"{case}: the prediction's grid does not match the ground truth's ({'; '.join(diffs)}); "
+                          "predictions must be on the CT's own grid (bisc-segment writes them so)")
+
+
+# ------------------------------------------------------------------------------------------------ reports
+def metric_columns(rows: Sequence[Dict[str, object]]) -> List[str]:
+    cols: List[str] = []
+    for r in rows:
+        cols += [k for k, v in r.items() if k not in cols and k != "case" and isinstance(v, (int, float))
+                 and not isinstance(v, bool)]
+    return cols
+
+
+def _stats(v: np.ndarray) -> Dict[str, float]:
+    return {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size)}
+
+
+def summarise(rows: Sequence[Dict[str, object]], **extra) -> Dict[str, object]:
+    """Mean and (population) standard deviation of every numeric column, plus ``extra`` entries."""
+    metrics = {c: _stats(np.array([float(r[c]) for r in rows if c in r])) for c in metric_columns(rows)}
+    return {"n_cases": len(rows), **extra, "metrics": metrics}
+
+
+def format_table(summary: Dict[str, object]) -> str:
+    metrics = summary.get("metrics", {})
+    width = max([len("metric")] + [len(c) for c in metrics])
+    lines = [f"{'metric':<{width}}  {'mean':>8}  {'std':>8}", "-" * (width + 20)]
+    lines += [f"{c:<{width}}  {m['mean']:8.4f}  {m['std']:8.4f}" for c, m in metrics.items()]
+    lines.append(f"cases: {summary.get('n_cases', 0)}")
+    missing = summary.get("missing_predictions") or []
+    lines += [f"missing predictions ({len(missing)}): {', '.join(missing)}"] if missing else []
+    return "\n".join(lines)
+
+
+def check_outputs(out_dir, force: bool, names: Iterable[str] = (CSV_NAME, JSON_NAME)) -> List[Path]:
+    """Fail before any work if an output exists and ``force`` is not set."""
+    paths = [Path(out_dir) / n for n in names]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)} exist(s); pass --force (force=True) to overwrite")
+    return paths
+
+
+def _atomic_write_text(path: Path, text: str, force: bool) -> Path:
+    tmp = atomic_target(path, force)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_report(rows: Sequence[Dict[str, object]], summary: Dict[str, object], out_dir, force: bool = False,
+                 csv_name: str = CSV_NAME, json_name: str = JSON_NAME) -> List[Path]:
+    """Write the per-case CSV and the summary JSON atomically; refuses to overwrite unless ``force``."""
+    csv_path, json_path = check_outputs(out_dir, force, (csv_name, json_name))
+    columns = ["case"] + [c for c in (list(rows[0].keys()) if rows else []) if c != "case"]
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+    _atomic_write_text(csv_path, buf.getvalue(), force)
+    _atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n", force)
+    return [csv_path, json_path]
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+def evaluate_folders(pred_dir, gt_dir, tolerances_mm: Sequence[float] = (1.0, 1.15), out_dir=None,
+                     force: bool = False, progress: bool = True) -> EvaluationReport:
+    """Score every ground-truth case that has a prediction; see the module docstring for layouts.
+
+    Returns the per-case rows and the summary (missing predictions and unmatched prediction files listed);
+    writes them to ``out_dir`` when given. Raises EvaluationError on bad input (no match, grid mismatch).
+    """
+    from tqdm import tqdm
+
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    if pred_dir.resolve() == gt_dir.resolve():
+        raise EvaluationError("PRED_DIR and GT_DIR are the same folder; give the predictions their own folder")
+    if any(not float(t) >= 0 for t in tolerances_mm):
+        raise EvaluationError(f"surface Dice tolerances must be non-negative millimetres, got {list(tolerances_mm)}")
+    if out_dir is not None:
+        check_outputs(out_dir, force)
+    gts, preds = find_label_files(gt_dir, "ground-truth"), find_label_files(pred_dir, "prediction")
+    if not gts:
+        raise EvaluationError(f"no ground-truth label files in {gt_dir} (expected case_XXXXX/segmentation.nii.gz "
+                              f"or image files: {', '.join(READABLE_SUFFIXES)})")
+    matched = [k for k in gts if k in preds]
+    missing = [k for k in gts if k not in preds]
+    unmatched = [preds[k].name for k in preds if k not in gts]
+    if not matched:
+        raise EvaluationError(f"no prediction in {pred_dir} matches a ground-truth case in {gt_dir}; files are "
+                              "matched by case id (case_XXXXX or prediction_XXXXX) or by identical file name")
+    rows: List[Dict[str, object]] = []
+    for case in tqdm(matched, desc="evaluating", unit="case", disable=not progress):
+        gt = read_labels(gts[case], case, "ground truth")
+        pred = read_labels(preds[case], case, "prediction")
+        check_same_grid(pred, gt, case)
+        row: Dict[str, object] = {"case": case}
+        row.update(case_metrics(pred.array, gt.array, gt.spacing[::-1], tolerances_mm))
+        rows.append(row)
+    summary = summarise(rows, n_ground_truth=len(gts), tolerances_mm=[float(t) for t in tolerances_mm],
+                        missing_predictions=missing, unmatched_predictions=unmatched,
+                        pred_dir=str(pred_dir), gt_dir=str(gt_dir))
+    paths = write_report(rows, summary, out_dir, force) if out_dir is not None else []
+    return EvaluationReport(rows, summary, paths)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bisc-evaluate", description="Score label maps against ground truth: KiTS19 kidney/tumor Dice "
+        "and surface Dice (KiTS21 definition). Writes per_case.csv and summary.json.")
+    parser.add_argument("pred_dir", help="folder of predicted label maps (case_XXXXX.nii.gz, prediction_XXXXX..)")
+    parser.add_argument("gt_dir", help="folder of ground truth (KiTS layout case_XXXXX/segmentation.nii.gz or flat)")
+    parser.add_argument("-o", "--out-dir", help="where to write the results (default: PRED_DIR/evaluation)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing results")
+    parser.add_argument("--tolerance", type=float, nargs="+", default=[1.0, 1.15], metavar="MM",
+                        help="surface Dice tolerances in mm (default: 1.0 1.15)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.pred_dir) / "evaluation"
+    try:
+        report = evaluate_folders(args.pred_dir, args.gt_dir, args.tolerance, out_dir, args.force,
+                                  progress=not args.quiet)
+    except (ValueError, OSError) as exc:  # EvaluationError, VolumeError, FileExistsError among them
+        print(f"bisc-evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(report.summary))
+    unmatched = report.summary.get("unmatched_predictions") or []
+    if unmatched:
+        print(f"predictions without ground truth (ignored): {', '.join(unmatched)}")
+    print("wrote " + ", ".join(str(p) for p in report.paths))
+    return 0
+
+
+__all__ = ["evaluate_folders", "EvaluationError", "EvaluationReport", "find_label_files", "case_key", "summarise",
+           "write_report", "format_table", "check_outputs", "check_same_grid", "read_labels", "main"]

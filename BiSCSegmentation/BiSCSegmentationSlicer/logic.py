@@ -1,0 +1,212 @@
+"""BiSCLogic: the module's workflow on a MRML scene, without any GUI.
+
+    logic = BiSCLogic(SceneContext(scene, app_logic))      # inside Slicer: slicer.mrmlScene, app logic
+    run = logic.start_locate(ct_node, options)             # background; poll run.job.poll() from a timer
+    logic.finish_locate(run, run.job.wait())               # ROI nodes + translucent rough preview
+    ... people move, resize, delete or add ROI nodes (logic.add_roi) ...
+    run = logic.start_segment(ct_node, options)            # the current ROIs, checked first
+    seg = logic.finish_segment(run, run.job.wait())        # "<volume> kidneys" + planning table
+
+The module widget, its self-test and the pytest suite (on PyPI's slicer-core) all drive this class.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+
+from . import planning, rois as roi_nodes, segmentation as segs
+from .models import ModelChoice
+from .scene import SceneContext, SceneError, volume_from_node
+from .worker import ProcessJob, Status, ThreadJob, make_request
+
+NO_KIDNEY_MESSAGE = ("No kidney was found in this CT. Add an ROI by hand around each kidney (\"Add ROI\", then "
+                     "move and resize it in the slice views) and press \"Segment kidneys\".")
+CANCELLED_MESSAGE = "Cancelled. Nothing was changed."
+PLAIN_ERRORS = ("ModelFileError", "VolumeError", "ROIError", "ValueError", "SceneError", "FileNotFoundError")
+
+
+class WorkflowError(RuntimeError):
+    """Something the user can fix; the message says what (shown as is)."""
+
+
+@dataclass
+class Options:
+    model: ModelChoice = field(default_factory=ModelChoice)
+    device: str = "auto"             # auto | cpu | cuda
+    mirror: bool = False             # test-time mirroring (8x slower)
+    min_component_ml: float = 10.0   # rough stage: smallest structure taken for a kidney
+
+
+@dataclass
+class Run:
+    """One background run and what its result will be applied to."""
+
+    task: str
+    volume_node: object
+    ct: object
+    job: object
+    rois: list = field(default_factory=list)
+
+
+def error_message(status: Status) -> str:
+    """Plain words for a failed or cancelled run."""
+    kind, text = status.error_kind, status.error
+    if kind == "NoKidneyFound":
+        return NO_KIDNEY_MESSAGE
+    if kind == "Cancelled" or status.state == "cancelled":
+        return CANCELLED_MESSAGE
+    if "out of memory" in text.lower():
+        return "The GPU ran out of memory. Choose device \"cpu\" in the Input section and try again."
+    if kind in PLAIN_ERRORS:
+        return text
+    if kind == "ProcessError":
+        return f"The computation {text}. Details are in the Python console."
+    return f"The computation failed ({kind}: {text}). Details are in the Python console."
+
+
+class BiSCLogic:
+    """The workflow; ``runner`` is "process" (default, a separate Python) or "thread"."""
+
+    def __init__(self, ctx: SceneContext, runner: str = "process", python: Optional[str] = None):
+        if runner not in ("process", "thread"):
+            raise ValueError("runner must be 'process' or 'thread'")
+        self.ctx, self.runner, self.python = ctx, runner, python
+        self.observers = {}
+
+    # ----------------------------------------------------------------------------------------- inputs
+    def ct(self, volume_node):
+        """The CT node as a LPS Volume, refusing what is clearly not a CT."""
+        if volume_node is None:
+            raise WorkflowError("Select the CT volume in the Input section.")
+        if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise WorkflowError(f"{volume_node.GetName()} is a label map; select the CT volume.")
+        try:
+            ct = volume_from_node(volume_node)
+        except SceneError as exc:
+            raise WorkflowError(str(exc)) from exc
+        a = ct.array
+        if a.dtype.kind not in "iuf" or min(a.shape) < 2:
+            raise WorkflowError(f"{volume_node.GetName()} is not a 3D CT volume with several slices.")
+        if a.size and float(a.min()) >= 0 and float(a.max()) <= 1:
+            raise WorkflowError(f"{volume_node.GetName()} holds values in [0, 1]: not a CT in Hounsfield units "
+                                f"(a mask or a normalised image?). Select the original CT.")
+        return ct
+
+    def _start(self, task: str, volume_node, options: Options, rois=()) -> Run:
+        problems = options.model.problems()
+        if problems:
+            raise WorkflowError(" ".join(problems))
+        ct = self.ct(volume_node)
+        request = make_request(task, options.model.to_dict(), options.device, options.mirror,
+                               options.min_component_ml, rois)
+        job = ThreadJob(request, ct) if self.runner == "thread" else ProcessJob(request, ct, python=self.python)
+        return Run(task, volume_node, ct, job.start(), list(rois))
+
+    @staticmethod
+    def _check(run: Run, status: Status, task: str) -> dict:
+        if run.task != task:
+            raise ValueError(f"this is a {run.task} run, not a {task} run")
+        if not status.finished:
+            raise ValueError("the run has not finished yet")
+        if status.state != "done":
+            raise WorkflowError(error_message(status))
+        return status.result
+
+    # ----------------------------------------------------------------------------------------- locate
+    def start_locate(self, volume_node, options: Options) -> Run:
+        """Rough stage in the background."""
+        return self._start("locate", volume_node, options)
+
+    def finish_locate(self, run: Run, status: Status):
+        """ROI nodes + rough preview from a finished locate run; raises WorkflowError when nothing was found
+        (the preview is still shown)."""
+        result = self._check(run, status, "locate")
+        return self.apply_rough(run.volume_node, result["mask"], result["rois"], ct=run.ct)
+
+    def apply_rough(self, volume_node, mask: np.ndarray, rois: List, ct=None):
+        """Show a rough result: translucent preview and one ROI node per kidney (replacing earlier ones)."""
+        ct = ct if ct is not None else self.ct(volume_node)
+        mid = roi_nodes.midline_x(volume_node, ct)
+        preview = segs.write_preview(self.ctx, volume_node, mask)
+        nodes = roi_nodes.replace_rois(self.ctx, volume_node, rois)
+        for node in nodes:
+            roi_nodes.update_side(node, mid)
+        if not rois:
+            raise WorkflowError(NO_KIDNEY_MESSAGE)
+        return nodes, preview
+
+    # ------------------------------------------------------------------------------------------- ROIs
+    def roi_rows(self, volume_node):
+        return roi_nodes.check_rows(self.ctx, volume_node, self.ct(volume_node))
+
+    def add_roi(self, volume_node, center_lps=None, size_mm=roi_nodes.DEFAULT_SIZE_MM):
+        return roi_nodes.add_roi(self.ctx, volume_node, center_lps, size_mm)
+
+    def delete_roi(self, node) -> None:
+        self.ctx.remove(node)
+
+    def rois(self, volume_node) -> list:
+        return [r for _, r in roi_nodes.current_rois(self.ctx, volume_node)]
+
+    # ---------------------------------------------------------------------------------------- segment
+    def start_segment(self, volume_node, options: Options) -> Run:
+        """Fine stage on the current ROIs in the background (refused with the reasons when an ROI is unusable)."""
+        ct = self.ct(volume_node)
+        rows = roi_nodes.check_rows(self.ctx, volume_node, ct)
+        problems = roi_nodes.problems_before_segmenting(rows)
+        if problems:
+            raise WorkflowError(" ".join(problems))
+        return self._start("segment", volume_node, options, self.rois(volume_node))
+
+    def finish_segment(self, run: Run, status: Status, mode: str = "ask"):
+        """Write "<volume> kidneys" (see segmentation.write_output for ``mode``) and its planning table."""
+        result = self._check(run, status, "segment")
+        return self.apply_labels(run.volume_node, result["labels"], run.rois, mode=mode, ct=run.ct)
+
+    def apply_labels(self, volume_node, labels: np.ndarray, rois: List, mode: str = "ask", ct=None):
+        ct = ct if ct is not None else self.ct(volume_node)
+        node = segs.write_output(self.ctx, volume_node, ct.with_array(np.asarray(labels, np.uint8)), rois,
+                                 roi_nodes.midline_x(volume_node, ct), mode=mode)
+        preview = segs.find_preview(self.ctx, volume_node)
+        if preview is not None and preview.GetDisplayNode() is not None:
+            preview.GetDisplayNode().SetVisibility(False)
+        self.update_planning(node, volume_node)
+        return node
+
+    def output(self, volume_node):
+        return segs.find_output(self.ctx, volume_node)
+
+    # --------------------------------------------------------------------------------------- planning
+    def update_planning(self, seg_node, volume_node):
+        return planning.update_table(self.ctx, seg_node, volume_node)
+
+    def planning_rows(self, seg_node, volume_node):
+        return planning.compute_rows(self.ctx, seg_node, volume_node)
+
+    def observe(self, seg_node, volume_node, schedule=None, on_update=None) -> planning.PlanningObserver:
+        """Keep the planning table current while the segmentation is edited (one observer per segmentation)."""
+        old = self.observers.pop(seg_node.GetID(), None)
+        if old is not None:
+            old.close()
+        obs = planning.PlanningObserver(self.ctx, seg_node, volume_node, schedule, on_update)
+        self.observers[seg_node.GetID()] = obs
+        return obs
+
+    def export_csv(self, seg_node, volume_node, path) -> str:
+        return planning.write_csv(self.planning_rows(seg_node, volume_node), path)
+
+    def close(self) -> None:
+        for obs in self.observers.values():
+            obs.close()
+        self.observers = {}
+
+    # ------------------------------------------------------------------------------------ synchronous
+    def locate(self, volume_node, options: Options, timeout: Optional[float] = None):
+        run = self.start_locate(volume_node, options)
+        return self.finish_locate(run, run.job.wait(timeout))
+
+    def segment(self, volume_node, options: Options, mode: str = "ask", timeout: Optional[float] = None):
+        run = self.start_segment(volume_node, options)
+        return self.finish_segment(run, run.job.wait(timeout), mode=mode)

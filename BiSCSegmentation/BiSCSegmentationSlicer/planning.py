@@ -1,0 +1,208 @@
+"""Numbers for surgical planning from the (possibly hand-edited) output segmentation.
+
+Per segment: volume (mL). Per renal tumor: volume, largest diameter (mm, centre to centre of the farthest
+voxels, as RECIST measures) and, when a segment holds several separate tumors of at least MIN_LESION_ML,
+one line per tumor with its own volume and diameter (the segment's line then has no diameter). Per side: the
+tumor-to-kidney volume ratio (tumor volume / kidney segment volume; the kidney segment does not include the
+tumor). Computed with :mod:`BiSCSegmentationLib.metrics` on the segments resampled onto the CT's grid, shown
+in a table node, exported as CSV, and recomputed when the segmentation changes (:class:`PlanningObserver`).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from . import terminology as term
+from .scene import SceneContext, SceneError, place_beside
+
+COLUMNS = ("Segment", "Side", "Volume (mL)", "Largest diameter (mm)", "Tumor/kidney volume ratio")
+TABLE_ATTRIBUTE = "BiSCSegmentation.Planning"
+MIN_LESION_ML = 0.5   # separate tumors listed one by one from this size (a 10 mm sphere is 0.52 mL)
+
+
+@dataclass
+class PlanningRow:
+    segment: str
+    side: str
+    volume_ml: float
+    largest_diameter_mm: float = math.nan
+    tumor_kidney_ratio: float = math.nan
+
+    def cells(self, digits: int = 1) -> List[str]:
+        def f(v, d):
+            return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+        return [self.segment, self.side, f(self.volume_ml, digits), f(self.largest_diameter_mm, digits),
+                f(self.tumor_kidney_ratio, 3)]
+
+
+def compute_rows(ctx: SceneContext, seg_node, reference) -> List[PlanningRow]:
+    """Planning rows for every kidney/tumor segment, right side first."""
+    from BiSCSegmentationLib.metrics import largest_diameter_mm, tumor_components, volume_ml
+    from .scene import volume_from_node
+    from .segmentation import segment_masks
+
+    ref = volume_from_node(reference, copy=False)
+    masks = segment_masks(ctx, seg_node, reference)
+    seg = seg_node.GetSegmentation()
+    per_side = {"right": {"kidney": [], "tumor": []}, "left": {"kidney": [], "tumor": []}, None: {"kidney": [], "tumor": []}}
+    others = []
+    for sid, mask in masks.items():
+        segment = seg.GetSegment(sid)
+        structure, side = term.classify(segment)
+        if structure is None:
+            others.append((segment.GetName(), mask))
+            continue
+        per_side[side][structure].append((segment.GetName(), mask))
+    rows: List[PlanningRow] = []
+    for side in ("right", "left", None):
+        label = side or ""
+        kidney_ml = 0.0
+        for name, mask in per_side[side]["kidney"]:
+            v = volume_ml(mask, ref.spacing)
+            kidney_ml += v
+            rows.append(PlanningRow(name, label, v))
+        for name, mask in per_side[side]["tumor"]:
+            v = volume_ml(mask, ref.spacing)
+            ratio = v / kidney_ml if kidney_ml > 0 else math.nan
+            lesions = tumor_components(mask.astype(np.uint8), ref.spacing, ref.direction, label=1,
+                                       min_volume_ml=MIN_LESION_ML)
+            if len(lesions) <= 1:   # one tumor: its diameter (specks under MIN_LESION_ML do not stretch it)
+                d = float(lesions[0]["largest_diameter_mm"]) if lesions else largest_diameter_mm(mask, ref.spacing,
+                                                                                                 ref.direction)
+                rows.append(PlanningRow(name, label, v, d, ratio))
+                continue
+            rows.append(PlanningRow(name, label, v, math.nan, ratio))   # several tumors: one line each
+            for n, lesion in enumerate(lesions, start=1):
+                rows.append(PlanningRow(f"{name} {n}", label, float(lesion["volume_ml"]),
+                                        float(lesion["largest_diameter_mm"])))
+    for name, mask in others:
+        rows.append(PlanningRow(name, "", volume_ml(mask, ref.spacing)))
+    return rows
+
+
+def table_name(seg_node) -> str:
+    return f"{seg_node.GetName()} planning"
+
+
+def find_table(ctx: SceneContext, seg_node):
+    for node in ctx.nodes_by_class("vtkMRMLTableNode"):
+        if seg_node is not None and node.GetAttribute(TABLE_ATTRIBUTE) == seg_node.GetID():
+            return node
+    return None
+
+
+def update_table(ctx: SceneContext, seg_node, reference, rows: Optional[List[PlanningRow]] = None):
+    """Fill (creating when needed) the segmentation's planning table node; returns it."""
+    import vtk
+
+    if rows is None:
+        rows = compute_rows(ctx, seg_node, reference)
+    node = find_table(ctx, seg_node)
+    if node is None:
+        node = ctx.scene.AddNewNodeByClass("vtkMRMLTableNode", table_name(seg_node))
+        node.SetAttribute(TABLE_ATTRIBUTE, seg_node.GetID())
+        place_beside(ctx, node, reference)
+    table = node.GetTable()
+    was = node.StartModify()
+    table.Initialize()
+    for title in COLUMNS:
+        column = vtk.vtkStringArray()
+        column.SetName(title)
+        table.AddColumn(column)
+    table.SetNumberOfRows(len(rows))
+    for r, row in enumerate(rows):
+        for c, cell in enumerate(row.cells()):
+            table.SetValue(r, c, vtk.vtkVariant(cell))
+    table.Modified()
+    node.Modified()
+    node.EndModify(was)
+    return node
+
+
+def table_rows(table_node) -> List[List[str]]:
+    """Cells of a planning table node (header first), as shown."""
+    table = table_node.GetTable()
+    out = [[table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]]
+    for r in range(table.GetNumberOfRows()):
+        out.append([table.GetValue(r, c).ToString() for c in range(table.GetNumberOfColumns())])
+    return out
+
+
+def write_csv(rows: List[PlanningRow], path, digits: int = 2) -> str:
+    """CSV (comma-separated, header row) of planning rows; written atomically."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise SceneError(f"{folder}: no such folder")
+    fd, tmp = tempfile.mkstemp(prefix=".planning.", suffix=".csv.part", dir=folder)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            for row in rows:
+                writer.writerow(row.cells(digits))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class PlanningObserver:
+    """Keeps a segmentation's planning table up to date while people edit it.
+
+    Any change of the segments marks the table stale; ``schedule(callback)`` (the widget passes a short Qt
+    single-shot timer, so that a paint stroke costs one update) decides when :meth:`flush` runs. Without a
+    scheduler the table is updated at once.
+    """
+
+    EVENTS = ("SegmentAdded", "SegmentRemoved", "SegmentModified", "SourceRepresentationModified",
+              "MasterRepresentationModified")
+
+    def __init__(self, ctx: SceneContext, seg_node, reference, schedule: Optional[Callable] = None,
+                 on_update: Optional[Callable] = None):
+        self.ctx, self.seg_node, self.reference = ctx, seg_node, reference
+        self.schedule, self.on_update = schedule, on_update
+        self.stale = False
+        self.updates = 0
+        self._tags = []
+        self._segmentation = seg_node.GetSegmentation()
+        import slicer
+
+        for name in self.EVENTS:
+            event = getattr(slicer.vtkSegmentation, name, None)
+            if event is not None:
+                self._tags.append(self._segmentation.AddObserver(event, self._changed))
+
+    def _changed(self, caller=None, event=None) -> None:
+        if self.stale:
+            return
+        self.stale = True
+        if self.schedule is not None:
+            self.schedule(self.flush)
+        else:
+            self.flush()
+
+    def flush(self):
+        """Recompute the table now if anything changed; returns the table node (or None)."""
+        if not self.stale:
+            return None
+        self.stale = False
+        if not self.ctx.scene.IsNodePresent(self.seg_node) or not self.ctx.scene.IsNodePresent(self.reference):
+            return None
+        node = update_table(self.ctx, self.seg_node, self.reference)
+        self.updates += 1
+        if self.on_update is not None:
+            self.on_update(node)
+        return node
+
+    def close(self) -> None:
+        for tag in self._tags:
+            self._segmentation.RemoveObserver(tag)
+        self._tags = []

@@ -1,0 +1,225 @@
+"""Kidney ROIs as Markups ROI nodes: created from the rough stage or by hand, read back as cascade ROIs.
+
+A kidney ROI node is a box-shaped ``vtkMRMLMarkupsROINode`` with the attribute ``BiSCSegmentation.KidneyROI``
+set to the ID of the CT it belongs to. It is axis-aligned (rotation handles are hidden), so its RAS center and
+size map exactly to a :class:`~BiSCSegmentationLib.roi.KidneyROI` (LPS center = RAS center with x and y
+negated; same size). Nodes are named by their side in patient coordinates ("Right kidney ROI" when the box
+centre lies on the patient's right of the body midline), and renamed when a person moves them across it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .scene import SceneContext, SceneError, check_untransformed, place_beside
+
+ROI_ATTRIBUTE = "BiSCSegmentation.KidneyROI"
+SIDE_ATTRIBUTE = "BiSCSegmentation.Side"
+MIDLINE_ATTRIBUTE = "BiSCSegmentation.MidlineX"
+SIDE_COLORS = {"right": (0.95, 0.55, 0.2), "left": (0.25, 0.6, 0.95), "both": (0.85, 0.35, 0.85),
+               "unknown": (0.9, 0.9, 0.3)}
+DEFAULT_SIZE_MM = (120.0, 120.0, 160.0)   # a generous box around one adult kidney
+CROSSING_MM = 20.0                        # a box reaching this far over the midline on both sides is "both"
+
+
+@dataclass
+class ROIRow:
+    """One line of the ROI list in the module panel."""
+
+    node_id: str
+    name: str
+    side: str
+    size_mm: Tuple[float, float, float]
+    problems: List[str] = field(default_factory=list)   # stop the fine stage
+    warnings: List[str] = field(default_factory=list)   # shown, do not stop it
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def size_text(self) -> str:
+        return " x ".join(f"{s:.0f}" for s in self.size_mm) + " mm"
+
+
+# -------------------------------------------------------------------------------------------- midline
+def body_midline_x(ct) -> float:
+    """Patient midline (LPS x, mm): the centre of the body (voxels above -500 HU), else of the image."""
+    a = np.asarray(ct.array)
+    step_k = max(1, a.shape[0] // 24)
+    step = max(1, min(a.shape[1], a.shape[2]) // 96)
+    sub = a[::step_k, ::step, ::step]
+    kji = np.argwhere(sub > -500)
+    if len(kji) < 10:
+        centre = (np.array(ct.size_ijk) - 1) / 2.0
+        return float(ct.index_to_physical(centre)[0])
+    ijk = kji[:, ::-1] * np.array([step, step, step_k])
+    x = ct.index_to_physical(ijk)[:, 0]
+    lo, hi = np.percentile(x, [0.5, 99.5])
+    return float((lo + hi) / 2.0)
+
+
+def midline_x(volume_node, ct=None) -> float:
+    """The CT's body midline, cached on the volume node (computed once per volume)."""
+    cached = volume_node.GetAttribute(MIDLINE_ATTRIBUTE)
+    if cached:
+        return float(cached)
+    if ct is None:
+        from .scene import volume_from_node
+        ct = volume_from_node(volume_node, copy=False)
+    value = body_midline_x(ct)
+    volume_node.SetAttribute(MIDLINE_ATTRIBUTE, repr(value))
+    return value
+
+
+def side_of(lower_x: float, upper_x: float, midline: float) -> str:
+    """Side of a box spanning [lower_x, upper_x] (LPS x): LPS +x is the patient's left."""
+    if lower_x < midline - CROSSING_MM and upper_x > midline + CROSSING_MM and \
+            (upper_x - midline) > 0.25 * (upper_x - lower_x) and (midline - lower_x) > 0.25 * (upper_x - lower_x):
+        return "both"
+    return "right" if (lower_x + upper_x) / 2.0 < midline else "left"
+
+
+def roi_name(side: str) -> str:
+    return {"right": "Right kidney ROI", "left": "Left kidney ROI", "both": "Kidneys ROI"}.get(side, "Kidney ROI")
+
+
+# ---------------------------------------------------------------------------------------- nodes <-> ROIs
+def roi_nodes(ctx: SceneContext, volume_node) -> list:
+    """The kidney ROI nodes of ``volume_node``, in scene order."""
+    if volume_node is None:
+        return []
+    vid = volume_node.GetID()
+    return [n for n in ctx.nodes_by_class("vtkMRMLMarkupsROINode") if n.GetAttribute(ROI_ATTRIBUTE) == vid]
+
+
+def _style(node, side: str) -> None:
+    display = node.GetDisplayNode()
+    if display is None:
+        node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+    display.SetSelectedColor(*SIDE_COLORS.get(side, SIDE_COLORS["unknown"]))
+    display.SetColor(*SIDE_COLORS.get(side, SIDE_COLORS["unknown"]))
+    display.SetFillOpacity(0.08)
+    display.SetHandlesInteractive(True)
+    display.SetRotationHandleVisibility(False)
+    display.SetTranslationHandleVisibility(True)
+    display.SetScaleHandleVisibility(True)
+
+
+def create_roi_node(ctx: SceneContext, volume_node, roi, midline: Optional[float] = None):
+    """A Markups ROI node for a cascade ROI (LPS center/size), named and colored by side."""
+    node = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", roi.name)
+    node.SetROIType(node.ROITypeBox)
+    x, y, z = roi.center
+    node.SetCenter(-x, -y, z)
+    node.SetSize(*roi.size)
+    node.SetAttribute(ROI_ATTRIBUTE, volume_node.GetID())
+    node.SetAttribute(SIDE_ATTRIBUTE, roi.side)
+    _style(node, roi.side)
+    place_beside(ctx, node, volume_node)
+    if midline is not None:
+        update_side(node, midline)
+    return node
+
+
+def add_roi(ctx: SceneContext, volume_node, center_lps: Optional[Sequence[float]] = None,
+            size_mm: Sequence[float] = DEFAULT_SIZE_MM, side: Optional[str] = None):
+    """Add a kidney ROI by hand (default: at the volume's centre); named by side from the body midline."""
+    from BiSCSegmentationLib.roi import KidneyROI
+    from .scene import volume_from_node
+
+    ct = volume_from_node(volume_node, copy=False)
+    if center_lps is None:
+        center_lps = ct.index_to_physical((np.array(ct.size_ijk) - 1) / 2.0)
+    mid = midline_x(volume_node, ct)
+    roi = KidneyROI(tuple(center_lps), tuple(size_mm), side or "unknown")
+    return create_roi_node(ctx, volume_node, roi, midline=None if side else mid)
+
+
+def replace_rois(ctx: SceneContext, volume_node, rois: Sequence) -> list:
+    """Remove the volume's kidney ROI nodes and create one per cascade ROI (after "Locate kidneys")."""
+    for node in roi_nodes(ctx, volume_node):
+        ctx.remove(node)
+    return [create_roi_node(ctx, volume_node, r) for r in rois]
+
+
+def node_box_lps(node) -> Tuple[np.ndarray, np.ndarray, bool]:
+    """(center, size) of the ROI node's box in LPS, and whether it is rotated (then its bounding box is used)."""
+    check_untransformed(node, "ROI")
+    center = np.array(node.GetCenter(), dtype=np.float64)
+    size = np.array(node.GetSize(), dtype=np.float64)
+    m = node.GetObjectToNodeMatrix()
+    rot = np.array([[m.GetElement(r, c) for c in range(3)] for r in range(3)])
+    rotated = not np.allclose(np.abs(rot), np.eye(3), atol=1e-6)
+    if rotated:
+        bounds = [0.0] * 6
+        node.GetRASBounds(bounds)
+        lo, hi = np.array(bounds[0::2]), np.array(bounds[1::2])
+        center, size = (lo + hi) / 2.0, hi - lo
+    return np.array([-center[0], -center[1], center[2]]), size, rotated
+
+
+def kidney_roi(node):
+    """The cascade ROI (LPS mm) of a kidney ROI node."""
+    from BiSCSegmentationLib.roi import KidneyROI, ROIError
+
+    center, size, _ = node_box_lps(node)
+    side = node.GetAttribute(SIDE_ATTRIBUTE) or "unknown"
+    try:
+        return KidneyROI(tuple(center), tuple(size), side)
+    except ROIError as exc:
+        raise SceneError(f"{node.GetName()}: {exc}") from exc
+
+
+def update_side(node, midline: float) -> str:
+    """Re-derive the node's side from where it is now; rename and recolor it when the side changed."""
+    center, size, _ = node_box_lps(node)
+    side = side_of(center[0] - size[0] / 2.0, center[0] + size[0] / 2.0, midline)
+    if node.GetAttribute(SIDE_ATTRIBUTE) != side or node.GetName() != roi_name(side):
+        node.SetAttribute(SIDE_ATTRIBUTE, side)
+        node.SetName(roi_name(side))
+        _style(node, side)
+    return side
+
+
+def current_rois(ctx: SceneContext, volume_node, rename: bool = True) -> list:
+    """[(node, KidneyROI)] for the volume, sides refreshed from the nodes' current positions."""
+    out = []
+    mid = midline_x(volume_node) if rename and roi_nodes(ctx, volume_node) else None
+    for node in roi_nodes(ctx, volume_node):
+        if mid is not None:
+            update_side(node, mid)
+        out.append((node, kidney_roi(node)))
+    return out
+
+
+def check_rows(ctx: SceneContext, volume_node, ct=None) -> List[ROIRow]:
+    """The ROI list: each ROI's size and what is wrong with it (too small, outside the image, rotated)."""
+    from BiSCSegmentationLib.roi import check_roi, roi_overlap_fraction
+    from .scene import volume_from_node
+
+    if ct is None:
+        ct = volume_from_node(volume_node, copy=False)
+    rows = []
+    for node, roi in current_rois(ctx, volume_node):
+        row = ROIRow(node.GetID(), node.GetName(), roi.side, tuple(roi.size), list(check_roi(roi, ct)))
+        if not row.problems:
+            inside = roi_overlap_fraction(roi, ct)
+            if inside < 0.999:
+                row.warnings.append(f"{node.GetName()} reaches outside the image ({100 * (1 - inside):.0f}% of the "
+                                    f"box); that part is treated as air")
+        if node_box_lps(node)[2]:
+            row.warnings.append(f"{node.GetName()} is rotated; its axis-aligned bounding box is used")
+        rows.append(row)
+    return rows
+
+
+def problems_before_segmenting(rows: Sequence[ROIRow]) -> List[str]:
+    """Plain-language reasons the fine stage cannot run on these ROIs (empty list: go)."""
+    if not rows:
+        return ["There is no kidney ROI. Press \"Locate kidneys\", or add an ROI by hand around each kidney "
+                "(\"Add ROI\") and press \"Segment kidneys\"."]
+    return [p for r in rows for p in r.problems]

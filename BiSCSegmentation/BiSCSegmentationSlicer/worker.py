@@ -1,0 +1,278 @@
+"""Long work off Slicer's main thread: the cascade in a background thread or a separate Python process.
+
+Both runners have the same interface: ``start()``, ``poll() -> Status`` (cheap; the widget calls it from a
+timer), ``cancel()`` and ``wait()``. Only numpy arrays and plain data cross over; all MRML work stays on the
+main thread. The process runner (default in Slicer) keeps Slicer responsive even where Python threads are
+starved, survives crashes of the computation, and can always be stopped: it is first asked to stop (a
+``cancel`` file the cascade's cancel check sees), then terminated after a grace period.
+
+Process protocol (a job folder): ``request.json`` + ``ct.npy`` + ``ct.json`` in; ``progress.json`` (replaced
+atomically while running); ``result.npz`` + ``result.json`` or ``error.json`` out; ``log.txt`` is stderr.
+Run as ``python -m BiSCSegmentationSlicer.worker JOBDIR``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+STAGE_TEXT = {"starting": "Starting", "loading models": "Loading the model", "download": "Downloading the model",
+              "rough": "Locating kidneys (rough stage)", "fine": "Segmenting kidneys (fine stage)"}
+TASKS = ("locate", "segment")
+
+
+@dataclass
+class Status:
+    state: str = "idle"            # idle | running | done | failed | cancelled
+    stage: str = "starting"
+    fraction: float = 0.0
+    error: str = ""
+    error_kind: str = ""           # exception class name (NoKidneyFound, ModelFileError, Cancelled, ...)
+    result: Optional[dict] = None  # locate: {"mask", "rois"}; segment: {"labels"}
+    details: str = ""              # traceback / log tail for the Python console
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    @property
+    def text(self) -> str:
+        return STAGE_TEXT.get(self.stage, self.stage)
+
+
+def make_request(task: str, model: dict, device: str = "auto", mirror: bool = False,
+                 min_component_ml: float = 10.0, rois=()) -> dict:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}")
+    return {"task": task, "model": dict(model), "device": device, "mirror": bool(mirror),
+            "min_component_ml": float(min_component_ml), "rois": [r.to_dict() for r in rois]}
+
+
+def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -> dict:
+    """The work itself (any thread or process): load the model, run one stage on ``ct`` (a Volume)."""
+    from BiSCSegmentationLib.cascade import CascadePredictor
+    from BiSCSegmentationLib.roi import KidneyROI
+
+    from .models import ModelChoice, load_models
+
+    progress("loading models", 0.0)
+    rough, fine = load_models(ModelChoice.from_dict(request["model"]), progress)
+    predictor = CascadePredictor(rough, fine, device=request.get("device", "auto"), mirror=request.get("mirror", False),
+                                 progress=progress, cancel=cancel,
+                                 min_component_ml=float(request.get("min_component_ml", 10.0)))
+    if request["task"] == "locate":
+        rough_result = predictor.locate(ct)
+        return {"mask": np.asarray(rough_result.mask.array).astype(np.uint8), "rois": list(rough_result.rois)}
+    rois = [KidneyROI(r["center"], r["size"], r.get("side", "unknown")) for r in request["rois"]]
+    labels = predictor.segment(ct, rois)
+    return {"labels": np.asarray(labels.array).astype(np.uint8)}
+
+
+# ------------------------------------------------------------------------------------------------ thread
+class ThreadJob:
+    """Runs :func:`compute` in a daemon thread."""
+
+    def __init__(self, request: dict, ct):
+        self.request, self.ct = request, ct
+        self._status = Status()
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "ThreadJob":
+        self._set(state="running")
+        self._thread = threading.Thread(target=self._run, name="BiSCSegmentation", daemon=True)
+        self._thread.start()
+        return self
+
+    def _set(self, **kw) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self._status, k, v)
+
+    def _progress(self, stage: str, fraction: float) -> None:
+        self._set(stage=stage, fraction=float(fraction))
+
+    def _run(self) -> None:
+        try:
+            result = compute(self.request, self.ct, self._progress, self._cancel)
+            self._set(state="done", result=result, fraction=1.0)
+        except BaseException as exc:  # noqa: B902 - reported to the main thread, never lost
+            state = "cancelled" if type(exc).__name__ == "Cancelled" else "failed"
+            self._set(state=state, error=str(exc), error_kind=type(exc).__name__, details=traceback.format_exc())
+
+    def poll(self) -> Status:
+        with self._lock:
+            return Status(**self._status.__dict__)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> Status:
+        return _wait(self, timeout, interval)
+
+
+def _wait(job, timeout, interval) -> Status:
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        status = job.poll()
+        if status.finished or (end is not None and time.monotonic() > end):
+            return status
+        time.sleep(interval)
+
+
+# ----------------------------------------------------------------------------------------------- process
+def python_executable() -> str:
+    """PythonSlicer inside Slicer (its launcher sets up the environment), else this interpreter."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+class ProcessJob:
+    """Runs :func:`compute` in ``python -m BiSCSegmentationSlicer.worker JOBDIR``."""
+
+    GRACE_S = 5.0
+
+    def __init__(self, request: dict, ct, python: Optional[str] = None, env: Optional[dict] = None):
+        self.request, self.ct = request, ct
+        self.python = python or python_executable()
+        self.env = env
+        self.dir = ""
+        self.proc: Optional[subprocess.Popen] = None
+        self._final: Optional[Status] = None
+        self._kill_at: Optional[float] = None
+        self._log = None
+
+    def start(self) -> "ProcessJob":
+        self.dir = tempfile.mkdtemp(prefix="bisc-job-")
+        np.save(os.path.join(self.dir, "ct.npy"), np.ascontiguousarray(self.ct.array))
+        _write_json(os.path.join(self.dir, "ct.json"), {"spacing": list(self.ct.spacing),
+                                                        "origin": list(self.ct.origin),
+                                                        "direction": np.asarray(self.ct.direction).tolist()})
+        _write_json(os.path.join(self.dir, "request.json"), self.request)
+        env = dict(os.environ if self.env is None else self.env)
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # holds BiSCSegmentationLib too
+        env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [env.get("PYTHONPATH", "")] if p])
+        self._log = open(os.path.join(self.dir, "log.txt"), "wb")
+        self.proc = subprocess.Popen([self.python, "-m", "BiSCSegmentationSlicer.worker", self.dir],
+                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=env, cwd=self.dir)
+        return self
+
+    def poll(self) -> Status:
+        if self._final is not None:
+            return self._final
+        code = self.proc.poll()
+        if code is None:
+            if self._kill_at is not None and time.monotonic() > self._kill_at:
+                self.proc.kill()
+                self.proc.wait()
+                return self._finish(Status(state="cancelled", error="cancelled", error_kind="Cancelled"))
+            progress = _read_json(os.path.join(self.dir, "progress.json")) or {}
+            return Status(state="running", stage=progress.get("stage", "starting"),
+                          fraction=float(progress.get("fraction", 0.0)))
+        return self._finish(self._outcome(code))
+
+    def _outcome(self, code: int) -> Status:
+        error = _read_json(os.path.join(self.dir, "error.json"))
+        if error:
+            state = "cancelled" if error.get("kind") == "Cancelled" else "failed"
+            return Status(state=state, error=error.get("message", ""), error_kind=error.get("kind", ""),
+                          details=error.get("traceback", ""))
+        if code == 0 and os.path.isfile(os.path.join(self.dir, "result.json")):
+            meta = _read_json(os.path.join(self.dir, "result.json"))
+            with np.load(os.path.join(self.dir, "result.npz")) as data:
+                result = {k: data[k] for k in data.files}
+            if "rois" in meta:
+                from BiSCSegmentationLib.roi import KidneyROI
+                result["rois"] = [KidneyROI(r["center"], r["size"], r["side"]) for r in meta["rois"]]
+            return Status(state="done", stage=meta.get("stage", ""), fraction=1.0, result=result)
+        if self._kill_at is not None:
+            return Status(state="cancelled", error="cancelled", error_kind="Cancelled")
+        tail = self.log_tail()
+        return Status(state="failed", error_kind="ProcessError", details=tail,
+                      error=f"the background process stopped unexpectedly (exit code {code})")
+
+    def _finish(self, status: Status) -> Status:
+        self._final = status
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return status
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            with open(os.path.join(self.dir, "log.txt"), "rb") as f:
+                return b"\n".join(f.read().splitlines()[-lines:]).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def cancel(self) -> None:
+        if self.proc is not None and self.proc.poll() is None and self._kill_at is None:
+            open(os.path.join(self.dir, "cancel"), "w").close()
+            self._kill_at = time.monotonic() + self.GRACE_S
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.1) -> Status:
+        return _wait(self, timeout, interval)
+
+
+def _write_json(path: str, doc) -> None:
+    tmp = path + ".part"
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------ child process
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    jobdir = argv[0]
+    from BiSCSegmentationLib.volume import Volume
+
+    request = _read_json(os.path.join(jobdir, "request.json"))
+    geo = _read_json(os.path.join(jobdir, "ct.json"))
+    ct = Volume(np.load(os.path.join(jobdir, "ct.npy")), geo["spacing"], geo["origin"], np.array(geo["direction"]))
+    cancel_file = os.path.join(jobdir, "cancel")
+    last = [0.0, ""]
+
+    def progress(stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        if stage != last[1] or now - last[0] > 0.2 or fraction >= 1.0:
+            last[0], last[1] = now, stage
+            _write_json(os.path.join(jobdir, "progress.json"), {"stage": stage, "fraction": float(fraction)})
+
+    try:
+        result = compute(request, ct, progress, lambda: os.path.exists(cancel_file))
+    except BaseException as exc:  # noqa: B902 - everything goes back to the parent
+        _write_json(os.path.join(jobdir, "error.json"), {"kind": type(exc).__name__, "message": str(exc),
+                                                         "traceback": traceback.format_exc()})
+        return 1
+    arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
+    np.savez_compressed(os.path.join(jobdir, "result.npz"), **arrays)
+    meta = {"stage": request["task"]}
+    if "rois" in result:
+        meta["rois"] = [r.to_dict() for r in result["rois"]]
+    _write_json(os.path.join(jobdir, "result.json"), meta)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

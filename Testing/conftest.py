@@ -1,0 +1,28 @@
+"""Shared test helpers: where the real KiTS19 label maps are, and tiny models built in place."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+KITS_DIR = REPO.parent / "shared" / "data" / "kits19"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from conftest import ...` in test modules
+
+requires_kits = pytest.mark.skipif(not (KITS_DIR / "case_00000").is_dir(),
+                                   reason=f"real KiTS19 label maps not found at {KITS_DIR} (../shared/data/kits19)")
+
+
+def tiny_stage_models(rough_grid=None, fine_spacing=(1.5, 1.5, 3.0), widths=(4, 8, 16, 32), seed=0):
+    """Random-weight rough and fine StageModels, small enough to run in a test."""
+    from BiSCSegmentationLib.model_file import StageModel
+    from BiSCSegmentationLib.network import SCUNetConfig
+
+    torch.manual_seed(seed)
+    rough = StageModel("rough", SCUNetConfig(widths=list(widths)), rough_grid or {"inplane_size": 64, "z_spacing": 6.0},
+                       inference_window=(64, 64, 64))
+    fine = StageModel("fine", SCUNetConfig(widths=list(widths)), {"spacing": list(fine_spacing)},
+                      inference_window=(32, 64, 64))
+    for m in (rough, fine):
+        m.build().eval()
+    return rough, fine

@@ -1,0 +1,206 @@
+"""The cascade's geometry: ROIs from real anatomy, exact restore with perfect predictions, any orientation.
+
+A perfect fine network is simulated by an *oracle*: the test CT encodes the true label in its intensity
+(0, 100, 200 HU) and the oracle network decodes it back, so any error in cropping, resampling, padding,
+pasting or reorientation shows up as a wrong voxel.
+"""
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from BiSCSegmentationLib.cascade import Cancelled, CascadePredictor, NoKidneyFound, fine_grid
+from BiSCSegmentationLib.model_file import StageModel
+from BiSCSegmentationLib.network import SCUNetConfig
+from BiSCSegmentationLib.resample import covering_map, resample_nearest, spacing_map
+from BiSCSegmentationLib.roi import KidneyROI, check_roi, load_rois, rois_from_mask, save_rois, ROIError
+from BiSCSegmentationLib.cascade import _grid_volume
+from BiSCSegmentationLib.volume import Volume, read_volume, to_canonical, VolumeError
+from conftest import KITS_DIR, requires_kits
+from test_geometry import DIRECTIONS
+
+INTENSITY = {"clip": [-79.0, 304.0], "mean": 101.0, "std": 76.9}
+
+
+class OracleNet(nn.Module):
+    """Decodes label = round(HU / 100) from the normalised CT: a 'perfect' network."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SCUNetConfig(widths=[4, 8, 16, 32])
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward_labels(self, x):
+        hu = x * INTENSITY["std"] + INTENSITY["mean"]
+        label = torch.clamp(torch.round(hu / 100.0), 0, 2).long()[:, 0]
+        return torch.nn.functional.one_hot(label, 3).permute(0, 4, 1, 2, 3).float() * 20.0
+
+
+def oracle_models(fine_spacing, rough_grid=None):
+    models = []
+    for stage, grid in (("rough", rough_grid or {"inplane_size": 32, "z_spacing": 6.0}),
+                        ("fine", {"spacing": list(fine_spacing)})):
+        m = StageModel(stage, SCUNetConfig(widths=[4, 8, 16, 32]), grid, dict(INTENSITY), (64, 64, 64))
+        m.network = OracleNet()
+        models.append(m)
+    return models
+
+
+def two_kidney_labels(shape_zyx=(24, 64, 64)):
+    lab = np.zeros(shape_zyx, np.uint8)
+    z, y, x = np.ogrid[: shape_zyx[0], : shape_zyx[1], : shape_zyx[2]]
+    for cx in (16, 48):
+        lab[((z - 12) / 8.0) ** 2 + ((y - 36) / 9.0) ** 2 + ((x - cx) / 7.0) ** 2 <= 1] = 1
+    lab[((z - 12) / 3.0) ** 2 + ((y - 36) / 4.0) ** 2 + ((x - 52) / 3.0) ** 2 <= 1] = 2
+    return lab
+
+
+def encode(labels: np.ndarray) -> np.ndarray:
+    return (labels.astype(np.int16) * 100)
+
+
+@pytest.mark.parametrize("name", list(DIRECTIONS))
+def test_restore_is_exact_with_perfect_predictions_in_any_orientation(name):
+    # isotropic CT at the fine spacing: whatever the header, the fine grid lands on the CT's voxels
+    labels = Volume(two_kidney_labels(), (1.5, 1.5, 1.5), (10.0, -20.0, 30.0), DIRECTIONS[name])
+    ct = labels.with_array(encode(labels.array))
+    rough, fine = oracle_models(fine_spacing=(1.5, 1.5, 1.5))
+    rois = rois_from_mask(labels, fine.fine_spacing, min_component_ml=0.01)
+    assert len(rois) == 2 and sorted(r.side for r in rois) == ["left", "right"]
+    out = CascadePredictor(rough, fine, device="cpu").segment(ct, rois)
+    assert out.same_grid(ct)
+    assert np.array_equal(out.array, labels.array), f"{np.count_nonzero(out.array != labels.array)} voxels differ"
+
+
+def test_restore_is_exact_for_kits19_header_with_anisotropic_spacing():
+    # KiTS19 stores (slices, rows, cols); the canonical spacing equals the fine spacing (0.78, 0.78, 3)
+    from BiSCSegmentationLib.volume import kits19_affine_volume
+    canon = two_kidney_labels((24, 96, 96))
+    labels = kits19_affine_volume(canon, (3.0, 0.78, 0.78))
+    # KiTS19's slice index runs toward the feet: canonical (inferior -> superior) order is reversed
+    assert np.array_equal(to_canonical(labels)[0].array, canon[::-1])
+    ct = labels.with_array(encode(labels.array))
+    rough, fine = oracle_models(fine_spacing=(0.78, 0.78, 3.0))
+    out = CascadePredictor(rough, fine, device="cpu").segment(ct, rois_from_mask(labels, (0.78, 0.78, 3.0), 0.01))
+    assert out.same_grid(ct) and np.array_equal(out.array, labels.array)
+
+
+def test_restore_close_when_spacings_differ():
+    labels = Volume(two_kidney_labels((24, 64, 64)), (1.2, 1.2, 2.0))
+    ct = labels.with_array(encode(labels.array))
+    rough, fine = oracle_models(fine_spacing=(0.8, 0.8, 3.0))
+    out = CascadePredictor(rough, fine, device="cpu").segment(ct, rois_from_mask(labels, (0.8, 0.8, 3.0), 0.01))
+    fg_true, fg_out = labels.array > 0, out.array > 0
+    dice = 2 * np.count_nonzero(fg_true & fg_out) / (fg_true.sum() + fg_out.sum())
+    assert dice > 0.97
+
+
+def test_full_cascade_with_oracle_finds_both_kidneys_and_progress_and_cancel():
+    from BiSCSegmentationLib.volume import kits19_affine_volume
+    labels = kits19_affine_volume(two_kidney_labels((24, 64, 64)), (3.0, 1.5, 1.5))
+    ct = labels.with_array(encode(labels.array))
+    rough, fine = oracle_models((1.5, 1.5, 3.0), {"inplane_size": 64, "z_spacing": 3.0})
+    seen = []
+    predictor = CascadePredictor(rough, fine, device="cpu", progress=lambda s, f: seen.append((s, f)),
+                                 min_component_ml=0.01)
+    result = predictor.predict(ct)
+    assert len(result.rois) == 2
+    assert np.array_equal(result.labels.array, labels.array)
+    assert result.rough.mask.same_grid(ct)
+    assert {"rough", "fine"} <= {s for s, _ in seen} and seen[-1] == ("fine", 1.0)
+    assert set(result.timings) >= {"rough", "locate", "fine", "total"}
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        CascadePredictor(rough, fine, device="cpu", cancel=stop).predict(ct)
+
+
+def test_no_kidney_and_bad_rois_are_clear_errors():
+    ct = Volume(np.full((16, 32, 32), -100, np.int16), (1.5, 1.5, 3.0))
+    rough, fine = oracle_models((1.5, 1.5, 3.0))
+    predictor = CascadePredictor(rough, fine, device="cpu")
+    with pytest.raises(NoKidneyFound, match="Add an ROI by hand"):
+        predictor.predict(ct)
+    with pytest.raises(ValueError, match="outside the image"):
+        predictor.segment(ct, [KidneyROI((5000, 0, 0), (100, 100, 100), "left")])
+    with pytest.raises(ValueError, match="too small"):
+        predictor.segment(ct, [KidneyROI((20, 20, 20), (5, 100, 100), "left")])
+    with pytest.raises(VolumeError, match="not a CT"):
+        predictor.predict(ct.with_array(np.zeros((16, 32, 32), np.float32)))
+
+
+def test_roi_at_the_border_is_padded_and_big_kidney_grows_the_roi():
+    labels = Volume(two_kidney_labels((24, 64, 64)), (1.5, 1.5, 3.0))
+    ct = labels.with_array(encode(labels.array))
+    rough, fine = oracle_models((1.5, 1.5, 3.0))
+    # an ROI hanging over the image border: padded with air, pasted only inside the image
+    roi = KidneyROI(labels.index_to_physical([2, 36, 12]), (90, 90, 90), "right")
+    out = CascadePredictor(rough, fine, device="cpu").segment(ct, [roi])
+    assert out.same_grid(ct)
+    inside = roi.contains(ct.index_to_physical(np.argwhere(np.ones(ct.array.shape))[:, ::-1])).reshape(ct.array.shape)
+    assert np.array_equal(out.array[inside], labels.array[inside]) and not out.array[~inside].any()
+    # a kidney wider than 192 fine voxels gets an ROI of the next multiple of 16
+    wide = np.zeros((8, 8, 240), np.uint8)
+    wide[2:6, 2:6, 10:230] = 1
+    r = rois_from_mask(Volume(wide, (0.78, 0.78, 3.0)), (0.78, 0.78, 3.0), min_component_ml=0.0)[0]
+    assert r.size[0] / 0.78 >= 220 and round(r.size[0] / 0.78) % 16 == 0
+    grid, _ = fine_grid(to_canonical(ct)[0], roi, fine)
+    assert all(m.n_out % 8 == 0 for m in grid)
+
+
+def test_roi_json_round_trip_and_errors(tmp_path):
+    rois = [KidneyROI((1, 2, 3), (100, 110, 120), "right"), KidneyROI((-1, 2, 3), (90, 90, 96), "left")]
+    path = save_rois(rois, tmp_path / "rois.json")
+    assert load_rois(path) == rois
+    with pytest.raises(FileExistsError):
+        save_rois(rois, path)
+    (tmp_path / "bad.json").write_text('{"format": "bisc-rois", "version": 1, "rois": [{"center": [1, 2]}]}')
+    with pytest.raises(ROIError, match="ROI #1"):
+        load_rois(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text("[]")
+    with pytest.raises(ROIError, match="not a BiSCSegmentation ROI file"):
+        load_rois(tmp_path / "other.json")
+
+
+def rough_grid_labels(labels: Volume) -> Volume:
+    """What a perfect rough stage would output: the label map on the rough grid (as the cascade builds it)."""
+    canon, _ = to_canonical(labels)
+    nz, ny, nx = canon.array.shape
+    maps = (spacing_map(nz, canon.spacing[2], 3.0), covering_map(ny, 128), covering_map(nx, 128))
+    return _grid_volume(canon, maps, resample_nearest(canon.array, maps))
+
+
+@requires_kits
+@pytest.mark.slow
+def test_rois_cover_every_kidney_of_all_real_kits19_label_maps():
+    """All 168 real label maps: every kidney voxel lies inside an ROI; special anatomy gives one ROI."""
+    from scipy import ndimage
+
+    cases = sorted(KITS_DIR.glob("case_*"))
+    assert len(cases) == 168
+    single = {}
+    for case in cases:
+        labels = read_volume(case / "segmentation.nii.gz")
+        labels = labels.with_array(labels.array.astype(np.uint8))
+        rois = rois_from_mask(rough_grid_labels(labels), (0.78, 0.78, 3.0))
+        assert 1 <= len(rois) <= 2, case.name
+        for r in rois:
+            assert not check_roi(r, labels), case.name
+        # every kidney/tumor voxel inside some ROI: test the voxel-extent corners of each component's box
+        comp, n = ndimage.label(labels.array > 0, structure=np.ones((3, 3, 3), bool))
+        for sl in ndimage.find_objects(comp):
+            corners = np.array([[i, j, k] for i in (sl[2].start, sl[2].stop - 1) for j in (sl[1].start, sl[1].stop - 1)
+                                for k in (sl[0].start, sl[0].stop - 1)], float)
+            pts = labels.index_to_physical(corners)
+            voxels = np.argwhere(comp[sl] > 0)
+            if not any(r.contains(pts).all() for r in rois):  # box split over two ROIs: check voxels
+                idx = (voxels + [s.start for s in sl])[:, ::-1]
+                p = labels.index_to_physical(idx)
+                assert np.any([r.contains(p) for r in rois], axis=0).all(), case.name
+        if len(rois) == 1:
+            single[case.name] = rois[0].side
+    # fused/horseshoe kidneys (00005, 00151) and a solitary kidney (00165) give one ROI
+    assert set(single) == {"case_00005", "case_00151", "case_00165"}, single
+    assert single["case_00151"] == "both"

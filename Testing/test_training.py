@@ -40,9 +40,9 @@ def test_reads_kits_layout_and_writes_a_reusable_split(kits_like, tmp_path):
     split = D.make_split(cases, tmp_path / "split.json")
     assert sorted(split["train"] + split["test"]) == cases and len(split["test"]) == 1
     assert D.make_split(cases, tmp_path / "split.json") == split  # reused, not redrawn
-    with np.load(cache / "case_00000.npz") as z:
-        assert z["rough_ct"].shape[1:] == (32, 32)
-        assert {"fine0_labels", "fine0_kidney_edge", "fine0_tumor_edge"} <= set(z.files)
+    z = D.load_case_arrays(cache / "case_00000")
+    assert z["rough_ct"].shape[1:] == (32, 32)
+    assert {"fine0_labels", "fine0_kidney_edge", "fine0_tumor_edge"} <= set(z)
 
 
 def test_uint16_label_maps_are_cast(tmp_path):
@@ -66,7 +66,9 @@ def test_resume_after_interruption_gives_the_same_weights(kits_like, tmp_path):
     # interrupted after 4 of 6 iterations, then resumed by running the same command again
     cfg = small_config(cache, tmp_path / "b", cases)
     train(cfg, stop_after=4)
-    assert (tmp_path / "b" / "fine_checkpoint.pt").is_file() and not (tmp_path / "b" / "fine.pt").exists()
+    assert torch.load(tmp_path / "b" / "fine_checkpoint.pt", weights_only=False)["iteration"] == 4
+    # the model file of the last finished epoch is usable meanwhile
+    assert load_model_file(tmp_path / "b" / "fine.pt").training["iterations_done"] == 3
     resumed = train(cfg)
     a = load_model_file(straight).network.state_dict()
     b = load_model_file(resumed).network.state_dict()

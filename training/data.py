@@ -150,14 +150,14 @@ def preprocess_case(ct: Volume, labels: Volume, cfg: PrepConfig) -> Dict[str, np
 
 
 def prepare_cache(kits_dir, cases: Sequence[str], cache_dir, cfg: PrepConfig, progress=None, workers: int = 1) -> Path:
-    """Preprocess every case once into ``cache_dir/<case>.npz`` (skips cases already there)."""
+    """Preprocess every case once into ``cache_dir/<case>/*.npy`` (skips cases already there)."""
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     meta = cache / "prep.json"
     if meta.is_file() and json.loads(meta.read_text()) != cfg.to_dict():
         raise ValueError(f"{cache}: prepared with other settings ({meta}); use another --cache folder")
     meta.write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-    todo = [c for c in cases if not (cache / f"{c}.npz").is_file()]
+    todo = [c for c in cases if not (cache / c).is_dir()]
     jobs = [(str(kits_dir), c, str(cache), cfg) for c in todo]
     done = len(cases) - len(todo)
     if workers > 1 and len(jobs) > 1:
@@ -178,11 +178,25 @@ def prepare_cache(kits_dir, cases: Sequence[str], cache_dir, cfg: PrepConfig, pr
 
 def _prepare_one(job) -> str:
     kits_dir, case, cache, cfg = job
-    arrays = preprocess_case(*read_case(kits_dir, case, cfg.synthesize), cfg)
-    tmp = Path(cache) / f".{case}.part.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, Path(cache) / f"{case}.npz")
+    write_case_arrays(Path(cache) / case, preprocess_case(*read_case(kits_dir, case, cfg.synthesize), cfg))
     return case
+
+
+def write_case_arrays(folder: Path, arrays: Dict[str, np.ndarray]) -> None:
+    """One .npy per array (memory-mappable: training processes share them through the page cache);
+    written into a temporary folder renamed at the end, so an interrupted run leaves no half case."""
+    tmp = folder.with_name(f".{folder.name}.part")
+    if tmp.exists():
+        for f in tmp.iterdir():
+            f.unlink()
+    tmp.mkdir(parents=True, exist_ok=True)
+    for key, value in arrays.items():
+        np.save(tmp / f"{key}.npy", value)
+    os.replace(tmp, folder)
+
+
+def load_case_arrays(folder: Path, prefix: str = "") -> Dict[str, np.ndarray]:
+    return {f.stem: np.load(f, mmap_mode="r") for f in sorted(Path(folder).glob(f"{prefix}*.npy"))}
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -203,24 +217,29 @@ class PatchSampler:
         self.jitter_vox = np.array([jitter_mm / s for s in fine_spacing[::-1]])
         self.items = []
         keys = ("ct", "labels", "kidney_edge", "tumor_edge")
+        self.points = []  # per fine item: (kidney voxel sample, tumor voxel sample), found once
+        point_rng = np.random.default_rng(0)
         for case in cases:
-            with np.load(Path(cache_dir) / f"{case}.npz") as z:
-                prefixes = ["rough"] if stage == "rough" else sorted({k.split("_")[0] for k in z.files
-                                                                       if k.startswith("fine")})
-                for p in prefixes:
-                    self.items.append(tuple(z[f"{p}_{k}"] for k in keys))
+            z = load_case_arrays(Path(cache_dir) / case, "rough" if stage == "rough" else "fine")
+            for p in sorted({k.split("_")[0] for k in z}):
+                self.items.append(tuple(z[f"{p}_{k}"] for k in keys))
+                if stage == "fine":
+                    lab = np.asarray(z[f"{p}_labels"])
+                    self.points.append(tuple(_subsample(np.argwhere(m), point_rng) for m in (lab > 0, lab == 2)))
         if not self.items:
             raise ValueError(f"no {stage} training data in {cache_dir} for {len(cases)} cases")
 
     def sample(self, rng: np.random.Generator):
-        ct, lab, ke, te = self.items[int(rng.integers(len(self.items)))]
+        n = int(rng.integers(len(self.items)))
+        ct, lab, ke, te = self.items[n]
         shape = np.array(lab.shape)
         patch = np.array(self.patch)
         if self.stage == "rough":
             centre = np.array([rng.uniform(0, shape[0]), shape[1] / 2, shape[2] / 2])
         else:
-            want_tumor = rng.random() < self.tumor_prob and (lab == 2).any()
-            pts = np.argwhere(lab == 2) if want_tumor else np.argwhere(lab > 0)
+            kidney_pts, tumor_pts = self.points[n]
+            want_tumor = rng.random() < self.tumor_prob and len(tumor_pts) > 0
+            pts = tumor_pts if want_tumor else kidney_pts
             centre = pts[int(rng.integers(len(pts)))] + rng.uniform(-1, 1, 3) * self.jitter_vox
         start = np.round(centre - patch / 2).astype(int)
         arrays = [_crop(a, start, patch, fill) for a, fill in ((ct, AIR_HU), (lab, 0), (ke, 0), (te, 0))]
@@ -233,6 +252,12 @@ class PatchSampler:
     def batch(self, rng: np.random.Generator, size: int):
         samples = [self.sample(rng) for _ in range(size)]
         return [np.stack([s[i] for s in samples]) for i in range(4)]
+
+
+def _subsample(points: np.ndarray, rng: np.random.Generator, keep: int = 20000) -> np.ndarray:
+    if len(points) > keep:
+        points = points[rng.choice(len(points), keep, replace=False)]
+    return points.astype(np.int32)
 
 
 def _crop(a: np.ndarray, start: np.ndarray, size: np.ndarray, fill) -> np.ndarray:

@@ -96,6 +96,9 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
           stop_after: Optional[int] = None) -> Path:
     """Train (or resume) one stage; returns the path of the final model file.
 
+    Running again with the same settings resumes from the checkpoint; with more ``epochs`` it extends a
+    finished run.
+
     ``stop_after`` stops after that many iterations with a checkpoint, as an interruption would
     (used by the resume test).
     """
@@ -119,8 +122,10 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
     start_it, history = 0, {"loss_log": []}
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved = {k: v for k, v in ck["config"].items() if k not in ("command", "device", "threads")}
-        mine = {k: v for k, v in asdict(cfg).items() if k not in ("command", "device", "threads")}
+        # what may differ on resume: where it runs, and how many epochs (to extend a finished run)
+        free = ("command", "device", "threads", "epochs", "checkpoint_every", "log_every")
+        saved = {k: v for k, v in ck["config"].items() if k not in free}
+        mine = {k: v for k, v in asdict(cfg).items() if k not in free}
         if saved != mine:
             diff = sorted(k for k in mine if saved.get(k) != mine[k])
             raise ValueError(f"{ckpt_path} was made with other settings ({', '.join(diff)}); "
@@ -170,6 +175,11 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
                 progress(it, total, float(loss.detach()))
             if it % cfg.checkpoint_every == 0 or it == total or (stop_after is not None and it - start_it >= stop_after):
                 checkpoint(it)
+            if it % cfg.iterations == 0 and it < total and rank == 0:
+                # a usable model after every epoch: a long run can be stopped and still used
+                save_model_file(stage_model(cfg, net, {"iterations_done": it, "loss_log": history["loss_log"]}),
+                                final_path, force=True)
+                net.train()
             if stop_after is not None and it - start_it >= stop_after:
                 return ckpt_path
     except KeyboardInterrupt:
@@ -180,7 +190,8 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
         history["final_loss"] = history["loss_log"][-1][1] if history["loss_log"] else None
         net.eval()
         save_model_file(stage_model(cfg, net, {"train_seconds": round(history["train_seconds"], 1),
-                                                "loss_log": history["loss_log"]}), final_path, force=True)
+                                                "iterations_done": it, "loss_log": history["loss_log"]}),
+                        final_path, force=True)
         (out / f"{cfg.stage}_history.json").write_text(json.dumps(history) + "\n")
     if distributed:
         dist.barrier()

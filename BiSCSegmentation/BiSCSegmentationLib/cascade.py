@@ -21,10 +21,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .backends import select_backend
 from .model_file import StageModel, load_bundled, load_model_file
-from .resample import AxisMap, covering_map, resample_linear, resample_nearest, spacing_map
+from .resample import (AxisMap, _apply_axis, covering_map, linear_weights, resample_linear, resample_nearest,
+                       spacing_map)
 from .roi import KidneyROI, check_roi, roi_index_bounds, rois_from_mask
-from .volume import Reorientation, Volume, VolumeError, from_canonical, to_canonical
+from .volume import Reorientation, Volume, VolumeError, canonical_reorientation, from_canonical, to_canonical
 
 ProgressCallback = Callable[[str, float], None]
 AIR_HU = -1024.0
@@ -78,11 +80,18 @@ class CascadePredictor:
     ``cancel()`` returning True (or an Event being set) stops with :class:`Cancelled`."""
 
     def __init__(self, rough: StageModel, fine: StageModel, device: str = "auto", mirror: bool = False,
-                 progress: Optional[ProgressCallback] = None, cancel=None, min_component_ml: float = 10.0):
+                 progress: Optional[ProgressCallback] = None, cancel=None, min_component_ml: float = 10.0,
+                 backend="auto", precision: Optional[str] = None):
         if rough.stage != "rough" or fine.stage != "fine":
             raise ValueError("CascadePredictor needs a rough and a fine stage model, in that order")
         self.rough_model, self.fine_model = rough, fine
         self.device = pick_device(device)
+        # backend: a name ("auto", "torch", "openvino", "openvino-bf16") or a backend object (backends.py)
+        self.backend = (select_backend(backend, precision, self.device) if backend is None or isinstance(backend, str)
+                        else backend)
+        if getattr(self.backend, "name", "torch") != "torch":
+            self.device = torch.device("cpu")
+        self._runners: Dict[str, Callable] = {}
         self.mirror = mirror
         self.progress = progress
         self.cancel = cancel
@@ -90,6 +99,23 @@ class CascadePredictor:
         self.timings: Dict[str, float] = {}
         for m in (rough, fine):
             m.network.to(self.device).eval()
+
+    @property
+    def backend_name(self) -> str:
+        """What runs the networks, in words (for display); fallbacks are noted once the networks are prepared."""
+        return self.backend.describe()
+
+    def prepare(self, stages: Sequence[str] = ("rough", "fine")) -> "CascadePredictor":
+        """Convert/compile the stages' networks now (otherwise done on first use)."""
+        for m in (self.rough_model, self.fine_model):
+            if m.stage in stages:
+                self._runner(m)
+        return self
+
+    def _runner(self, model: StageModel) -> Callable:
+        if model.stage not in self._runners:
+            self._runners[model.stage] = self.backend.runner(model)
+        return self._runners[model.stage]
 
     @classmethod
     def from_files(cls, rough_path, fine_path, **kwargs) -> "CascadePredictor":
@@ -122,7 +148,8 @@ class CascadePredictor:
                        span: Tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
         """Softmax of the label branch over a (Z, Y, X) normalised image, by sliding window if needed."""
         probs = sliding_window(model, image, self.device, self.mirror,
-                               lambda f: self._report(stage, span[0] + f * (span[1] - span[0])))
+                               lambda f: self._report(stage, span[0] + f * (span[1] - span[0])),
+                               runner=self._runner(model))
         return probs
 
     # ----------------------------------------------------------------------------------------------- stages
@@ -131,22 +158,22 @@ class CascadePredictor:
         check_ct(ct)
         t0 = time.perf_counter()
         self._report("rough", 0.0)
-        canon, reo = to_canonical(ct)
+        canon, reo = canonical_view(ct)
         g = self.rough_model.grid
         nz, ny, nx = canon.array.shape
         maps = (spacing_map(nz, canon.spacing[2], float(g["z_spacing"])),
                 covering_map(ny, int(g["inplane_size"])), covering_map(nx, int(g["inplane_size"])))
-        image = resample_linear(canon.array, maps, fill=AIR_HU, device="cpu")
+        image = resample_view(canon.array, maps, fill=AIR_HU)
         image = self._normalise(image, self.rough_model)
         probs = self._probabilities(self.rough_model, image, "rough", (0.0, 0.9))
-        low = probs.argmax(0).to(torch.uint8).cpu().numpy()
+        low = label_argmax(probs)
         lowres = _grid_volume(canon, maps, low)
         self.timings["rough"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         rois = rois_from_mask(lowres, self.fine_model.fine_spacing, min_component_ml=self.min_component_ml,
                               midline_x=_midline_x(canon))
         back = [m.inverse(n) for m, n in zip(maps, canon.array.shape)]
-        preview = from_canonical(resample_nearest(low, back), ct, reo)
+        preview = ct.with_array(nearest_to_stored(low, back, reo))
         self.timings["locate"] = time.perf_counter() - t1
         self._report("rough", 1.0)
         return RoughResult(preview, lowres, rois)
@@ -160,8 +187,9 @@ class CascadePredictor:
         if problems:
             raise ValueError("; ".join(problems))
         t0 = time.perf_counter()
-        canon, reo = to_canonical(ct)
-        out = np.zeros(canon.array.shape, dtype=np.uint8)
+        canon, reo = canonical_view(ct)
+        out_stored = np.zeros(ct.array.shape, dtype=np.uint8)
+        out = reo.apply(out_stored)  # a canonical view: pasting into it fills out_stored, no copy back
         for n, roi in enumerate(rois):
             span = (n / len(rois), (n + 1) / len(rois))
             self._report("fine", span[0])
@@ -169,19 +197,22 @@ class CascadePredictor:
             region = out[box]
             np.maximum(region, labels, out=region)  # overlapping ROIs: union, tumor wins over kidney
         self._report("fine", 1.0)
-        result = from_canonical(out, ct, reo)
+        result = ct.with_array(out_stored)
         self.timings["fine"] = time.perf_counter() - t0
         return result
 
     def segment_roi(self, canon: Volume, roi: KidneyROI, span=(0.0, 1.0)) -> Tuple[Tuple[slice, ...], np.ndarray]:
         """Labels for one ROI of a canonical CT: (slices of canon.array, uint8 labels for those voxels)."""
         grid, box = fine_grid(canon, roi, self.fine_model)
-        image = resample_linear(canon.array, grid, fill=AIR_HU, device="cpu")
+        image = resample_view(canon.array, grid, fill=AIR_HU)
         image = self._normalise(image, self.fine_model)
         probs = self._probabilities(self.fine_model, image, "fine", span)
         back = [m.inverse(s.stop - s.start, s.start) for m, s in zip(grid, box)]
-        restored = resample_linear(probs, back, fill=None, antialias=True, device=str(probs.device))
-        return box, restored.argmax(0).to(torch.uint8).cpu().numpy()
+        if probs.device.type == "cpu":
+            restored = resample_view(probs, back, fill=None)
+        else:
+            restored = resample_linear(probs, back, fill=None, antialias=True, device=str(probs.device))
+        return box, label_argmax(restored)
 
     def predict(self, ct: Volume) -> CascadeResult:
         """Both stages; raises NoKidneyFound when the rough stage finds nothing."""
@@ -190,6 +221,127 @@ class CascadePredictor:
         labels = self.segment(ct, rough.rois)
         self.timings["total"] = time.perf_counter() - t0
         return CascadeResult(labels, rough, rough.rois, dict(self.timings))
+
+
+# ---------------------------------------------------------------------------------------------------- glue
+def canonical_view(ct: Volume) -> Tuple[Volume, Reorientation]:
+    """Like ``volume.to_canonical`` but the array is a view of ``ct.array`` (no copy of the whole CT)."""
+    r = canonical_reorientation(ct.direction)
+    size = np.array(ct.size_ijk)
+    new_dir, new_spacing, corner = np.zeros((3, 3)), [0.0, 0.0, 0.0], np.zeros(3)
+    for n in range(3):
+        a, p = 2 - r.axes[n], 2 - n
+        new_dir[:, p] = (-1.0 if r.flips[n] else 1.0) * ct.direction[:, a]
+        new_spacing[p] = ct.spacing[a]
+        corner[a] = size[a] - 1 if r.flips[n] else 0
+    return Volume(r.apply(ct.array), tuple(new_spacing), tuple(ct.index_to_physical(corner)), new_dir), r
+
+
+def _is_copy(m: AxisMap, n_in: int) -> bool:
+    """The map only copies input voxels start .. start + n_out - 1 (all inside)."""
+    return m.step == 1.0 and float(m.start).is_integer() and m.start >= 0 and m.start + m.n_out <= n_in
+
+
+def _banded(mat: np.ndarray, rows: int = 16) -> List[Tuple[slice, slice, torch.Tensor]]:
+    """An interpolation matrix as blocks of rows with the columns they touch (its nonzeros lie on a band):
+    far fewer multiply-adds than the dense product when an axis shrinks a lot."""
+    n_out = mat.shape[0]
+    if n_out < 2 * rows:
+        return [(slice(0, n_out), slice(0, mat.shape[1]), torch.from_numpy(np.ascontiguousarray(mat)))]
+    blocks = []
+    for r0 in range(0, n_out, rows):
+        sub = mat[r0:r0 + rows]
+        cols = np.flatnonzero(sub.any(axis=0))
+        c0, c1 = (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, 1)
+        blocks.append((slice(r0, r0 + sub.shape[0]), slice(c0, c1), torch.from_numpy(np.ascontiguousarray(sub[:, c0:c1]))))
+    return blocks
+
+
+def _apply_banded(x: torch.Tensor, blocks, axis: int) -> torch.Tensor:
+    if len(blocks) == 1:
+        return _apply_axis(x, blocks[0][2], axis)
+    index = [slice(None)] * x.dim()
+    parts = []
+    for _, cols, mat in blocks:
+        index[x.dim() + axis] = cols
+        parts.append(_apply_axis(x[tuple(index)], mat, axis))
+    return torch.cat(parts, dim=axis)
+
+
+def resample_view(array, maps: Sequence[AxisMap], fill: Optional[float] = 0.0,
+                  chunk_voxels: int = 1 << 22) -> torch.Tensor:
+    """``resample.resample_linear`` (antialiased, CPU) for a numpy array or view of any strides, or a tensor
+    ``(..., Z, Y, X)``: only the region the maps touch is read and converted to float32, slabs of z at a time
+    (bounded memory for any CT size), and axes that are exact copies are sliced instead of multiplied."""
+    shape = array.shape[-3:]
+    mats, insides, crops = [], [], []
+    for ax in range(3):
+        m = maps[ax]
+        if _is_copy(m, shape[ax]):
+            mats.append(None)
+            insides.append(np.ones(m.n_out, bool))
+            crops.append(slice(int(m.start), int(m.start) + m.n_out))
+            continue
+        mat, inside = linear_weights(shape[ax], m, True)
+        cols = np.flatnonzero(mat.any(axis=0))
+        lo, hi = (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, 1)
+        crops.append(slice(lo, hi))
+        mats.append(_banded(mat[:, lo:hi]))
+        insides.append(inside)
+    lead = (slice(None),) * (len(array.shape) - 3)
+    zc, yc, xc = crops
+    plane = (yc.stop - yc.start) * (xc.stop - xc.start) * max(1, int(np.prod(array.shape[:-3])))
+    slab = max(1, chunk_voxels // max(1, plane))
+    inplane = sorted((1, 2), key=lambda a: maps[a].n_out / max(1, shape[a]))  # shrink most first
+    parts = []
+    for z0 in range(zc.start, zc.stop, slab):
+        block = array[lead + (slice(z0, min(z0 + slab, zc.stop)), yc, xc)]
+        if torch.is_tensor(block):
+            block = block.to(torch.float32)
+        else:
+            block = torch.from_numpy(np.ascontiguousarray(block)).to(torch.float32)
+        for ax in inplane:
+            if mats[ax] is not None:
+                block = _apply_banded(block, mats[ax], ax - 3)
+        parts.append(block)
+    x = torch.cat(parts, dim=-3) if len(parts) > 1 else parts[0]
+    if mats[0] is not None:
+        x = _apply_banded(x, mats[0], -3)
+    if fill is not None and not all(i.all() for i in insides):
+        for ax in range(3):
+            bad = np.flatnonzero(~insides[ax])
+            if bad.size:
+                index = [slice(None)] * x.dim()
+                index[x.dim() - 3 + ax] = torch.from_numpy(bad)
+                x[tuple(index)] = fill
+    return x.contiguous()
+
+
+def label_argmax(probs: torch.Tensor) -> np.ndarray:
+    """uint8 argmax over the class axis (first maximum wins, as torch.argmax); fast for 3 classes."""
+    if probs.shape[0] != 3:
+        return probs.argmax(0).to(torch.uint8).cpu().numpy()
+    p0, p1, p2 = probs[0], probs[1], probs[2]
+    kidney = p1 > p0
+    out = kidney.to(torch.uint8)
+    out[p2 > torch.maximum(p0, p1)] = 2
+    return out.cpu().numpy()
+
+
+def nearest_to_stored(low: np.ndarray, maps: Sequence[AxisMap], reo: Reorientation) -> np.ndarray:
+    """``from_canonical(resample_nearest(low, maps), ...)`` in one gather, written straight in the stored layout."""
+    idx = []
+    for ax in range(3):
+        pos = np.floor(maps[ax].positions() + 0.5).astype(np.int64)
+        if pos.size and (pos.min() < 0 or pos.max() >= low.shape[ax]):
+            return np.ascontiguousarray(reo.invert(resample_nearest(low, maps)))
+        idx.append(np.ascontiguousarray(pos[::-1]) if reo.flips[ax] else pos)
+    order = np.argsort(reo.axes)                    # stored axis a holds canonical axis order[a]
+    src = np.transpose(low, order)
+    # the fastest-varying axis first, while the array is small; then rows; then whole planes (memcpy speed)
+    for a in (2, 1, 0):
+        src = np.take(src, idx[order[a]], axis=a)
+    return np.ascontiguousarray(src)
 
 
 # --------------------------------------------------------------------------------------------------- grids
@@ -264,23 +416,24 @@ def _starts(n: int, window: int) -> List[int]:
 
 
 @torch.no_grad()
-def run_network(model: StageModel, x: torch.Tensor, mirror: bool) -> torch.Tensor:
-    """Softmax probabilities (N, C, ...) of the label branch, averaged over all 8 mirrorings if asked."""
-    net = model.network
+def run_network(model: StageModel, x: torch.Tensor, mirror: bool, runner: Optional[Callable] = None) -> torch.Tensor:
+    """Softmax probabilities (N, C, ...) of the label branch, averaged over all 8 mirrorings if asked.
+    ``runner`` (x -> label logits, from a backend) defaults to the torch network itself."""
+    forward = runner or model.network.forward_labels
     if not mirror:
-        return torch.softmax(net.forward_labels(x), dim=1)
+        return torch.softmax(forward(x), dim=1)
     acc = None
     flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
     for dims in flips:
-        xi = torch.flip(x, dims) if dims else x
-        p = torch.softmax(net.forward_labels(xi), dim=1)
+        xi = torch.flip(x, dims).contiguous() if dims else x
+        p = torch.softmax(forward(xi), dim=1)
         p = torch.flip(p, dims) if dims else p
         acc = p if acc is None else acc + p
     return acc / len(flips)
 
 
 def sliding_window(model: StageModel, image: torch.Tensor, device: torch.device, mirror: bool,
-                   report: Callable[[float], None]) -> torch.Tensor:
+                   report: Callable[[float], None], runner: Optional[Callable] = None) -> torch.Tensor:
     """Probabilities (C, Z, Y, X) for a normalised (Z, Y, X) image; windows no larger than the model's
     ``inference_window``, blended with Gaussian weights; sizes padded to the network's divisor."""
     div = model.config.divisor
@@ -294,7 +447,7 @@ def sliding_window(model: StageModel, image: torch.Tensor, device: torch.device,
              for c in _starts(padded[2], window[2])]
     c_out = model.config.num_classes
     if len(tiles) == 1:
-        probs = run_network(model, x[None, None].to(device), mirror)[0]
+        probs = run_network(model, x[None, None].to(device), mirror, runner)[0]
         report(1.0)
         return probs[:, : shape[0], : shape[1], : shape[2]].float()
     acc = torch.zeros([c_out] + padded, dtype=torch.float32, device=device)
@@ -302,7 +455,7 @@ def sliding_window(model: StageModel, image: torch.Tensor, device: torch.device,
     weight = _gaussian_weight(window).to(device)
     for n, (a, b, c) in enumerate(tiles):
         sl = (slice(a, a + window[0]), slice(b, b + window[1]), slice(c, c + window[2]))
-        p = run_network(model, x[sl][None, None].to(device), mirror)[0].float()
+        p = run_network(model, x[sl][None, None].to(device), mirror, runner)[0].float()
         acc[(slice(None),) + sl] += p * weight
         norm[sl] += weight
         report((n + 1) / len(tiles))

@@ -129,6 +129,8 @@ def build_segment_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-model", metavar="FILE", help="fine-stage model file (needs --rough-model)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
     p.add_argument("--mirror", action="store_true", help="average over 8 mirrorings (better, 8x slower)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino", "openvino-bf16", "torch-bf16"),
+                   help="what runs the networks: auto = OpenVINO on the CPU when installed, else PyTorch (default)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
@@ -186,6 +188,7 @@ def check_outputs(args) -> None:
 
 
 def load_predictor(args, progress=None):
+    from .backends import BackendError
     from .cascade import CascadePredictor
     from .model_file import ModelFileError, load_bundled, load_model_file
 
@@ -198,8 +201,9 @@ def load_predictor(args, progress=None):
         except ModelFileError as exc:
             raise ModelFileError(f"{exc} (or pass --rough-model FILE --fine-model FILE)") from exc
     try:
-        return CascadePredictor(rough, fine, device=args.device, mirror=args.mirror, progress=progress)
-    except ValueError as exc:
+        return CascadePredictor(rough, fine, device=args.device, mirror=args.mirror, progress=progress,
+                                backend=getattr(args, "backend", "auto"))
+    except (ValueError, BackendError) as exc:
         raise UsageError(str(exc)) from exc
 
 
@@ -224,6 +228,12 @@ class _Progress:
             self.bar.set_description_str(label, refresh=False)
         self.bar.n = max(self.bar.n, value)
         self.bar.refresh()
+
+    def write(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stdout)
+        else:
+            print(msg, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -268,7 +278,11 @@ def run_segment(args) -> SegmentOutcome:
         t = time.perf_counter()
         progress("loading models", 0.0)
         predictor = load_predictor(args, progress)
+        # convert/compile now (cached on disk), so that the backend line below is final
+        predictor.prepare(("rough",) if args.rough_only else ("fine",) if args.rois else ("rough", "fine"))
         timings["load models"] = time.perf_counter() - t
+        if not args.quiet:
+            progress.write(f"Backend: {predictor.backend_name}")
         if args.rois:
             labels = predictor.segment(ct, rois)
         else:

@@ -15,5 +15,6 @@ Modules:
     worker        background runs (thread or separate process) with progress polling and cancel
     dependencies  pinned pip installs after one confirmation, torch through PyTorchUtils
     logic         BiSCLogic: the workflow facade the module widget, the self-test and the tests use
+    selftest      the whole workflow on a phantom, checked step by step (Slicer self-test and pytest)
     screenshots   offscreen VTK rendering of a scene for the README (not used by the module)
 """

@@ -74,6 +74,7 @@ class BiSCLogic:
             raise ValueError("runner must be 'process' or 'thread'")
         self.ctx, self.runner, self.python = ctx, runner, python
         self.observers = {}
+        self.min_lesion_ml = planning.MIN_LESION_ML   # planning: separate tumors listed from this size
 
     # ----------------------------------------------------------------------------------------- inputs
     def ct(self, volume_node):
@@ -139,7 +140,12 @@ class BiSCLogic:
 
     # ------------------------------------------------------------------------------------------- ROIs
     def roi_rows(self, volume_node):
-        return roi_nodes.check_rows(self.ctx, volume_node, self.ct(volume_node))
+        """The ROI list with what is wrong with each ROI (cheap: no copy of the CT)."""
+        try:
+            ct = volume_from_node(volume_node, copy=False)
+        except SceneError as exc:
+            raise WorkflowError(str(exc)) from exc
+        return roi_nodes.check_rows(self.ctx, volume_node, ct)
 
     def add_roi(self, volume_node, center_lps=None, size_mm=roi_nodes.DEFAULT_SIZE_MM):
         return roi_nodes.add_roi(self.ctx, volume_node, center_lps, size_mm)
@@ -180,17 +186,18 @@ class BiSCLogic:
 
     # --------------------------------------------------------------------------------------- planning
     def update_planning(self, seg_node, volume_node):
-        return planning.update_table(self.ctx, seg_node, volume_node)
+        return planning.update_table(self.ctx, seg_node, volume_node, min_lesion_ml=self.min_lesion_ml)
 
     def planning_rows(self, seg_node, volume_node):
-        return planning.compute_rows(self.ctx, seg_node, volume_node)
+        return planning.compute_rows(self.ctx, seg_node, volume_node, self.min_lesion_ml)
 
     def observe(self, seg_node, volume_node, schedule=None, on_update=None) -> planning.PlanningObserver:
         """Keep the planning table current while the segmentation is edited (one observer per segmentation)."""
         old = self.observers.pop(seg_node.GetID(), None)
         if old is not None:
             old.close()
-        obs = planning.PlanningObserver(self.ctx, seg_node, volume_node, schedule, on_update)
+        obs = planning.PlanningObserver(self.ctx, seg_node, volume_node, schedule, on_update,
+                                        lambda: self.min_lesion_ml)
         self.observers[seg_node.GetID()] = obs
         return obs
 

@@ -2,7 +2,8 @@
 
 Per segment: volume (mL). Per renal tumor: volume, largest diameter (mm, centre to centre of the farthest
 voxels, as RECIST measures) and, when a segment holds several separate tumors of at least MIN_LESION_ML,
-one line per tumor with its own volume and diameter (the segment's line then has no diameter). Per side: the
+one line per tumor with its own volume and diameter (the segment's line then has no diameter; otherwise it
+has the diameter of the segment's largest tumor, so that specks do not stretch it). Per side: the
 tumor-to-kidney volume ratio (tumor volume / kidney segment volume; the kidney segment does not include the
 tumor). Computed with :mod:`BiSCSegmentationLib.metrics` on the segments resampled onto the CT's grid, shown
 in a table node, exported as CSV, and recomputed when the segmentation changes (:class:`PlanningObserver`).
@@ -41,9 +42,9 @@ class PlanningRow:
                 f(self.tumor_kidney_ratio, 3)]
 
 
-def compute_rows(ctx: SceneContext, seg_node, reference) -> List[PlanningRow]:
-    """Planning rows for every kidney/tumor segment, right side first."""
-    from BiSCSegmentationLib.metrics import largest_diameter_mm, tumor_components, volume_ml
+def compute_rows(ctx: SceneContext, seg_node, reference, min_lesion_ml: float = MIN_LESION_ML) -> List[PlanningRow]:
+    """Planning rows for every kidney/tumor segment, right side first; tumors from ``min_lesion_ml`` listed."""
+    from BiSCSegmentationLib.metrics import tumor_components, volume_ml
     from .scene import volume_from_node
     from .segmentation import segment_masks
 
@@ -70,11 +71,10 @@ def compute_rows(ctx: SceneContext, seg_node, reference) -> List[PlanningRow]:
         for name, mask in per_side[side]["tumor"]:
             v = volume_ml(mask, ref.spacing)
             ratio = v / kidney_ml if kidney_ml > 0 else math.nan
-            lesions = tumor_components(mask.astype(np.uint8), ref.spacing, ref.direction, label=1,
-                                       min_volume_ml=MIN_LESION_ML)
-            if len(lesions) <= 1:   # one tumor: its diameter (specks under MIN_LESION_ML do not stretch it)
-                d = float(lesions[0]["largest_diameter_mm"]) if lesions else largest_diameter_mm(mask, ref.spacing,
-                                                                                                 ref.direction)
+            found = tumor_components(mask.astype(np.uint8), ref.spacing, ref.direction, label=1)  # largest first
+            lesions = [t for t in found if t["volume_ml"] >= min_lesion_ml]
+            if len(lesions) <= 1:   # one tumor listed: the largest tumor's diameter (specks do not stretch it)
+                d = float(found[0]["largest_diameter_mm"]) if found else math.nan
                 rows.append(PlanningRow(name, label, v, d, ratio))
                 continue
             rows.append(PlanningRow(name, label, v, math.nan, ratio))   # several tumors: one line each
@@ -97,12 +97,13 @@ def find_table(ctx: SceneContext, seg_node):
     return None
 
 
-def update_table(ctx: SceneContext, seg_node, reference, rows: Optional[List[PlanningRow]] = None):
+def update_table(ctx: SceneContext, seg_node, reference, rows: Optional[List[PlanningRow]] = None,
+                 min_lesion_ml: float = MIN_LESION_ML):
     """Fill (creating when needed) the segmentation's planning table node; returns it."""
     import vtk
 
     if rows is None:
-        rows = compute_rows(ctx, seg_node, reference)
+        rows = compute_rows(ctx, seg_node, reference, min_lesion_ml)
     node = find_table(ctx, seg_node)
     if node is None:
         node = ctx.scene.AddNewNodeByClass("vtkMRMLTableNode", table_name(seg_node))
@@ -166,8 +167,10 @@ class PlanningObserver:
               "MasterRepresentationModified")
 
     def __init__(self, ctx: SceneContext, seg_node, reference, schedule: Optional[Callable] = None,
-                 on_update: Optional[Callable] = None):
+                 on_update: Optional[Callable] = None,
+                 min_lesion_ml: Callable[[], float] = lambda: MIN_LESION_ML):
         self.ctx, self.seg_node, self.reference = ctx, seg_node, reference
+        self.min_lesion_ml = min_lesion_ml
         self.schedule, self.on_update = schedule, on_update
         self.stale = False
         self.updates = 0
@@ -196,7 +199,7 @@ class PlanningObserver:
         self.stale = False
         if not self.ctx.scene.IsNodePresent(self.seg_node) or not self.ctx.scene.IsNodePresent(self.reference):
             return None
-        node = update_table(self.ctx, self.seg_node, self.reference)
+        node = update_table(self.ctx, self.seg_node, self.reference, min_lesion_ml=self.min_lesion_ml())
         self.updates += 1
         if self.on_update is not None:
             self.on_update(node)

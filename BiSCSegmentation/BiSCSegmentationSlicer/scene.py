@@ -38,6 +38,11 @@ class SceneContext:
 
     def module_logic(self, name: str):
         logic = self.app_logic.GetModuleLogic(name) if self.app_logic is not None else None
+        if logic is None and hasattr(slicer, "app"):    # inside Slicer, should the app logic not list it
+            try:
+                logic = slicer.util.getModuleLogic(name)
+            except Exception:  # noqa: BLE001 - no such module
+                logic = None
         if logic is None:
             raise SceneError(f"the {name} module logic is not registered on the application logic")
         return logic
@@ -209,13 +214,20 @@ def place_beside(ctx: SceneContext, node, reference) -> None:
     sh = ctx.subject_hierarchy
     if sh is None or node is None or reference is None:
         return
-    ref_item = sh.GetItemByDataNode(reference)
+    parent = sh.GetItemParent(sh_item(ctx, reference))
     item = sh.GetItemByDataNode(node)
-    if not ref_item or not item:
-        return
-    parent = sh.GetItemParent(ref_item)
-    if parent and sh.GetItemParent(item) != parent:
+    if not item:
+        sh.CreateItem(parent, node)
+    elif sh.GetItemParent(item) != parent:
         sh.SetItemParent(item, parent)
+
+
+def sh_item(ctx: SceneContext, node) -> int:
+    """The node's subject hierarchy item, created under the scene when missing (Slicer's Qt plugins create
+    items for new data nodes; without the application nothing does)."""
+    sh = ctx.subject_hierarchy
+    item = sh.GetItemByDataNode(node)
+    return item if item else sh.CreateItem(sh.GetSceneItemID(), node)
 
 
 def study_of(ctx: SceneContext, node) -> int:

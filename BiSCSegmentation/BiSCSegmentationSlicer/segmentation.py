@@ -9,7 +9,7 @@ it) is only replaced after confirmation (:class:`OutputEdited`), and segmentatio
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import slicer

@@ -8,7 +8,7 @@ starved, survives crashes of the computation, and can always be stopped: it is f
 
 Process protocol (a job folder): ``request.json`` + ``ct.npy`` + ``ct.json`` in; ``progress.json`` (replaced
 atomically while running); ``result.npz`` + ``result.json`` or ``error.json`` out; ``log.txt`` is stderr.
-Run as ``python -m BiSCSegmentationSlicer.worker JOBDIR``.
+Run as ``python -c BOOT MODULE_DIR JOBDIR`` (or ``python -m BiSCSegmentationSlicer.worker JOBDIR``).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -29,6 +29,9 @@ import numpy as np
 STAGE_TEXT = {"starting": "Starting", "loading models": "Loading the model", "download": "Downloading the model",
               "rough": "Locating kidneys (rough stage)", "fine": "Segmenting kidneys (fine stage)"}
 TASKS = ("locate", "segment")
+# The child finds this package through its first argument (and PYTHONPATH), whatever launcher runs it.
+BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); from BiSCSegmentationSlicer.worker import main; "
+        "sys.exit(main(sys.argv[2:]))")
 
 
 @dataclass
@@ -138,7 +141,7 @@ def python_executable() -> str:
 
 
 class ProcessJob:
-    """Runs :func:`compute` in ``python -m BiSCSegmentationSlicer.worker JOBDIR``."""
+    """Runs :func:`compute` in a separate Python (see the module docstring for the protocol)."""
 
     GRACE_S = 5.0
 
@@ -163,7 +166,7 @@ class ProcessJob:
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # holds BiSCSegmentationLib too
         env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [env.get("PYTHONPATH", "")] if p])
         self._log = open(os.path.join(self.dir, "log.txt"), "wb")
-        self.proc = subprocess.Popen([self.python, "-m", "BiSCSegmentationSlicer.worker", self.dir],
+        self.proc = subprocess.Popen([self.python, "-c", BOOT, here, self.dir],
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env, cwd=self.dir)
         return self

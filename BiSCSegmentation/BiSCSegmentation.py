@@ -1,0 +1,486 @@
+"""BiSCSegmentation: kidney and renal tumor segmentation in CT (BiSC-UNet cascade) for 3D Slicer.
+
+This file stays thin: the module description, the widget wiring, a logic facade and the self-test. The MRML
+work lives in BiSCSegmentationSlicer (tested on PyPI's slicer-core), the computation in BiSCSegmentationLib.
+Importing this module needs neither torch nor scipy: they are installed on first use, after a confirmation.
+"""
+import enum
+import logging
+import tempfile
+import time
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from BiSCSegmentationSlicer import dependencies, models, rois, segmentation
+from BiSCSegmentationSlicer.logic import BiSCLogic, Options, WorkflowError
+from BiSCSegmentationSlicer.scene import SceneContext
+
+
+class BiSCSegmentation(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "BiSC Kidney Segmentation"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["BiSCSegmentation contributors"]
+        self.parent.helpText = (
+            "Segment the kidneys and renal tumors in an abdominal CT with the BiSC-UNet cascade: locate the "
+            "kidneys, check and correct each kidney's box, segment, edit the masks, and read volumes, tumor "
+            "diameters and tumor-to-kidney ratios for surgical planning. See the "
+            "<a href=\"https://github.com/\">extension documentation</a> (README, section \"Use in 3D Slicer\").")
+        self.parent.acknowledgementText = (
+            "Method: Wang et al., BiSC-UNet (2019). Uses PyTorch through the PyTorch extension. "
+            "Not a medical device: check every result.")
+
+
+class ModelSource(enum.Enum):
+    BUNDLED = "bundled"
+    FILES = "files"
+    URL = "url"
+
+    def label(self):
+        return {"bundled": "Bundled model", "files": "Model files", "url": "Download from URL"}[self.value]
+
+
+class Device(enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+    def label(self):
+        return self.value
+
+
+@parameterNodeWrapper
+class BiSCSegmentationParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+    modelSource: ModelSource = ModelSource.BUNDLED
+    bundledModel: str = ""
+    roughModelPath: str = ""
+    fineModelPath: str = ""
+    roughModelUrl: str = ""
+    roughModelSha256: str = ""
+    fineModelUrl: str = ""
+    fineModelSha256: str = ""
+    device: Device = Device.AUTO
+    mirror: bool = False
+    minKidneyMl: Annotated[float, WithinRange(0.0, 200.0)] = 10.0
+    minLesionMl: Annotated[float, WithinRange(0.0, 100.0)] = 0.5
+    outputSegmentation: vtkMRMLSegmentationNode
+    planningTable: vtkMRMLTableNode
+
+
+def options_from(p: BiSCSegmentationParameterNode) -> Options:
+    choice = models.ModelChoice(kind=p.modelSource.value, name=p.bundledModel, rough_path=p.roughModelPath,
+                                fine_path=p.fineModelPath, rough_url=p.roughModelUrl.strip(),
+                                rough_sha256=p.roughModelSha256.strip(), fine_url=p.fineModelUrl.strip(),
+                                fine_sha256=p.fineModelSha256.strip())
+    return Options(choice, p.device.value, p.mirror, p.minKidneyMl)
+
+
+class BiSCSegmentationLogic(ScriptedLoadableModuleLogic):
+    """Facade over BiSCSegmentationSlicer.logic.BiSCLogic bound to Slicer's scene."""
+
+    def __init__(self, runner: str = "process"):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.workflow = BiSCLogic(SceneContext(slicer.mrmlScene, slicer.app.applicationLogic()), runner)
+
+    def getParameterNode(self):
+        return BiSCSegmentationParameterNode(super().getParameterNode())
+
+
+class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    MODEL_ROWS = {"bundled": ("bundledModel",), "files": ("roughModelPath", "fineModelPath"),
+                  "url": ("roughModelUrl", "roughModelSha256", "fineModelUrl", "fineModelSha256")}
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._guiObserver = None
+        self._run = None
+        self._observedRois = []
+
+    # ------------------------------------------------------------------------------------------- setup
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/BiSCSegmentation.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = BiSCSegmentationLogic()
+        self.ui.roiTableWidget.setHorizontalHeaderLabels(["ROI", "Size", "Check"])
+        for name, entry in sorted(models.bundled_models().items()):
+            self.ui.bundledModelComboBox.addItem(entry.get("title", name) if isinstance(entry, dict) else name, name)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
+
+        self.ui.bundledModelComboBox.connect("currentIndexChanged(int)", self.onBundledModelChanged)
+        self.ui.roughModelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathsChanged)
+        self.ui.fineModelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathsChanged)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.locateButton.connect("clicked(bool)", self.onLocate)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.addRoiButton.connect("clicked(bool)", self.onAddRoi)
+        self.ui.deleteRoiButton.connect("clicked(bool)", self.onDeleteRoi)
+        self.ui.roiTableWidget.connect("itemSelectionChanged()", self.updateButtons)
+        self.ui.roiTableWidget.connect("cellDoubleClicked(int,int)", self.onRoiDoubleClicked)
+        self.ui.editSegmentsButton.connect("clicked(bool)", self.onEditSegments)
+        self.ui.show3DButton.connect("clicked(bool)", self.onShow3D)
+        self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
+        self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
+
+        self.pollTimer = qt.QTimer()
+        self.pollTimer.setInterval(200)
+        self.pollTimer.connect("timeout()", self.onPoll)
+        self.roiTimer = qt.QTimer()
+        self.roiTimer.setSingleShot(True)
+        self.roiTimer.setInterval(300)
+        self.roiTimer.connect("timeout()", self.refreshRois)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.pollTimer.stop()
+        if self._run is not None:
+            self._run.job.cancel()
+        self.logic.workflow.close()
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode and self._guiObserver is not None:
+            self._parameterNode.disconnectGui(self._guiObserver)
+            self._guiObserver = None
+        self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = first
+        if not self._parameterNode.bundledModel:
+            self._parameterNode.bundledModel = models.default_bundled()
+
+    def setParameterNode(self, node):
+        if self._parameterNode:
+            if self._guiObserver is not None:
+                self._parameterNode.disconnectGui(self._guiObserver)
+                self._guiObserver = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = node
+        if self._parameterNode:
+            self._guiObserver = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.updateGUIFromParameterNode()
+
+    # ----------------------------------------------------------------------------------------- GUI state
+    def updateGUIFromParameterNode(self, caller=None, event=None):
+        p = self._parameterNode
+        if p is None:
+            return
+        source = p.modelSource.value
+        for kind, names in self.MODEL_ROWS.items():
+            for name in names:
+                getattr(self.ui, name + "Label").setVisible(kind == source)
+                self._modelWidget(name).setVisible(kind == source)
+        self.ui.bundledModelComboBox.blockSignals(True)
+        self.ui.bundledModelComboBox.setCurrentIndex(self.ui.bundledModelComboBox.findData(p.bundledModel))
+        self.ui.bundledModelComboBox.blockSignals(False)
+        for widget, value in ((self.ui.roughModelPathLineEdit, p.roughModelPath),
+                              (self.ui.fineModelPathLineEdit, p.fineModelPath)):
+            if widget.currentPath != value:
+                widget.blockSignals(True)
+                widget.currentPath = value
+                widget.blockSignals(False)
+        if self.logic.workflow.min_lesion_ml != p.minLesionMl:
+            self.logic.workflow.min_lesion_ml = p.minLesionMl
+            self.onOutputChanged(p.outputSegmentation)
+        missing = dependencies.missing_summary()
+        self.ui.dependenciesLabel.text = f"Not installed yet: {missing}." if missing else ""
+        self.ui.dependenciesLabel.setVisible(bool(missing))
+        self.ui.installDependenciesButton.setVisible(bool(missing))
+        self.observeRois()
+        self.refreshRois()
+        self.updateButtons()
+
+    def _modelWidget(self, name):
+        suffix = "ComboBox" if name == "bundledModel" else "LineEdit"
+        return getattr(self.ui, name + suffix)
+
+    def onBundledModelChanged(self, index):
+        if self._parameterNode is not None and index >= 0:
+            self._parameterNode.bundledModel = self.ui.bundledModelComboBox.itemData(index)
+
+    def onModelPathsChanged(self, path=None):
+        if self._parameterNode is not None:
+            self._parameterNode.roughModelPath = self.ui.roughModelPathLineEdit.currentPath
+            self._parameterNode.fineModelPath = self.ui.fineModelPathLineEdit.currentPath
+
+    def updateButtons(self):
+        p = self._parameterNode
+        busy = self._run is not None
+        volume = p.inputVolume if p else None
+        output = p.outputSegmentation if p else None
+        self.ui.locateButton.enabled = bool(volume) and not busy
+        self.ui.addRoiButton.enabled = bool(volume) and not busy
+        self.ui.segmentButton.enabled = bool(volume) and not busy and self.ui.roiTableWidget.rowCount > 0
+        self.ui.deleteRoiButton.enabled = not busy and bool(self.ui.roiTableWidget.selectedItems())
+        self.ui.cancelButton.enabled = busy
+        self.ui.editSegmentsButton.enabled = bool(output) and not busy
+        self.ui.show3DButton.enabled = bool(output)
+        self.ui.exportCsvButton.enabled = bool(output) and bool(volume)
+
+    # ------------------------------------------------------------------------------------------- ROIs
+    def onSceneNodesChanged(self, caller=None, event=None):
+        self.roiTimer.start()
+
+    def observeRois(self):
+        for node in self._observedRois:
+            self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onSceneNodesChanged)
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        self._observedRois = rois.roi_nodes(self.logic.workflow.ctx, volume)
+        for node in self._observedRois:
+            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onSceneNodesChanged)
+
+    def refreshRois(self):
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        table = self.ui.roiTableWidget
+        rows, messages = [], []
+        if volume is not None:
+            if set(rois.roi_nodes(self.logic.workflow.ctx, volume)) != set(self._observedRois):
+                self.observeRois()
+            try:
+                rows = self.logic.workflow.roi_rows(volume) if not dependencies.missing_pip() else []
+            except (WorkflowError, ValueError) as exc:
+                messages.append(str(exc))
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            check = "OK" if row.ok and not row.warnings else ("Problem" if not row.ok else "Warning")
+            for c, text in enumerate((row.name, row.size_text, check)):
+                item = qt.QTableWidgetItem(text)
+                item.setData(qt.Qt.UserRole, row.node_id)
+                table.setItem(r, c, item)
+            messages += row.problems + row.warnings
+        self.ui.roiProblemsLabel.text = "\n".join(messages)
+        self.updateButtons()
+
+    def _selectedRoiNode(self):
+        items = self.ui.roiTableWidget.selectedItems()
+        return slicer.mrmlScene.GetNodeByID(items[0].data(qt.Qt.UserRole)) if items else None
+
+    def onAddRoi(self):
+        try:
+            self._requireDependencies()
+            self.logic.workflow.add_roi(self._parameterNode.inputVolume)
+        except Exception as exc:  # noqa: BLE001 - shown to the user in plain words
+            slicer.util.errorDisplay(f"Could not add the ROI: {exc}")
+        self.refreshRois()
+
+    def onDeleteRoi(self):
+        node = self._selectedRoiNode()
+        if node is not None:
+            self.logic.workflow.delete_roi(node)
+            self.refreshRois()
+
+    def onRoiDoubleClicked(self, row, column):
+        node = self._selectedRoiNode()
+        if node is not None:
+            center = node.GetCenter()
+            slicer.modules.markups.logic().JumpSlicesToLocation(center[0], center[1], center[2], True)
+
+    # ------------------------------------------------------------------------------------ running stages
+    def _requireDependencies(self):
+        if dependencies.missing_summary() and not self.onInstallDependencies():
+            raise WorkflowError("BiSCSegmentation cannot run before its Python packages are installed.")
+
+    def onInstallDependencies(self, checked=False):
+        try:
+            with slicer.util.tryWithErrorDisplay("Installing the Python packages failed.", waitCursor=True):
+                ok = dependencies.ensure(lambda msg: slicer.util.confirmOkCancelDisplay(msg, "Install packages"))
+        except Exception:  # noqa: BLE001 - already shown by tryWithErrorDisplay
+            ok = False
+        self.updateGUIFromParameterNode()
+        return ok
+
+    def onLocate(self):
+        self._start(lambda: self.logic.workflow.start_locate(self._parameterNode.inputVolume,
+                                                             options_from(self._parameterNode)))
+
+    def onSegment(self):
+        self._start(lambda: self.logic.workflow.start_segment(self._parameterNode.inputVolume,
+                                                              options_from(self._parameterNode)))
+
+    def _start(self, starter):
+        try:
+            self._requireDependencies()
+            self._run = starter()
+        except WorkflowError as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = "Starting..."
+        self.pollTimer.start()
+        self.updateButtons()
+
+    def onCancel(self):
+        if self._run is not None:
+            self._run.job.cancel()
+            self.ui.statusLabel.text = "Cancelling..."
+
+    def onPoll(self):
+        run = self._run
+        if run is None:
+            self.pollTimer.stop()
+            return
+        status = run.job.poll()
+        self.ui.progressBar.value = int(round(100 * status.fraction))
+        self.ui.statusLabel.text = f"{status.text}: {100 * status.fraction:.0f}%"
+        if not status.finished:
+            return
+        self.pollTimer.stop()
+        self._run = None
+        if status.details:
+            logging.info(status.details)
+        try:
+            if run.task == "locate":
+                self.logic.workflow.finish_locate(run, status)
+                self.ui.statusLabel.text = "Kidneys located: check each ROI, then press \"Segment kidneys\"."
+            else:
+                self._finishSegment(run, status)
+        except WorkflowError as exc:
+            self.ui.statusLabel.text = str(exc)
+            if status.state != "cancelled":
+                slicer.util.errorDisplay(str(exc))
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure still leaves the panel usable
+            logging.exception("BiSCSegmentation")
+            self.ui.statusLabel.text = f"Failed: {exc}"
+            slicer.util.errorDisplay(f"Could not show the result: {exc}. Details are in the Python console.")
+        self.refreshRois()
+
+    def _finishSegment(self, run, status):
+        try:
+            node = self.logic.workflow.finish_segment(run, status, mode="ask")
+        except segmentation.OutputEdited as exc:
+            box = qt.QMessageBox(qt.QMessageBox.Question, "Segmentation was edited", str(exc))
+            replace = box.addButton("Replace", qt.QMessageBox.DestructiveRole)
+            new = box.addButton("Keep it, write a new one", qt.QMessageBox.AcceptRole)
+            box.addButton(qt.QMessageBox.Cancel)
+            box.exec_()
+            if box.clickedButton() not in (replace, new):
+                self.ui.statusLabel.text = "Not written; your edited segmentation is unchanged."
+                return
+            node = self.logic.workflow.finish_segment(run, status, mode="replace" if box.clickedButton() == replace
+                                                      else "new")
+        self._parameterNode.outputSegmentation = node
+        self.ui.statusLabel.text = f"Wrote \"{node.GetName()}\". Edit it in Segment Editor; the table follows."
+
+    # ------------------------------------------------------------------------------------------ results
+    def onOutputChanged(self, node):
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        if node is None or volume is None:
+            self.ui.planningTableView.setMRMLTableNode(None)
+            self.updateButtons()
+            return
+        schedule = lambda callback: qt.QTimer.singleShot(500, callback)  # noqa: E731 - one update per edit burst
+        self.logic.workflow.observe(node, volume, schedule=schedule, on_update=self._showTable)
+        try:
+            self._showTable(self.logic.workflow.update_planning(node, volume))
+        except Exception as exc:  # a foreign segmentation on another grid, missing scipy, ...
+            logging.warning(f"BiSCSegmentation: no planning table for {node.GetName()}: {exc}")
+        self.updateButtons()
+
+    def _showTable(self, table):
+        self._parameterNode.planningTable = table
+        self.ui.planningTableView.setMRMLTableNode(table)
+
+    def onEditSegments(self):
+        p = self._parameterNode
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(p.outputSegmentation)
+        if hasattr(editor, "setSourceVolumeNode"):
+            editor.setSourceVolumeNode(p.inputVolume)
+        else:
+            editor.setMasterVolumeNode(p.inputVolume)
+
+    def onShow3D(self):
+        segmentation.show_3d(self._parameterNode.outputSegmentation)
+        layout = slicer.app.layoutManager()
+        if layout is not None and layout.threeDViewCount:
+            layout.threeDWidget(0).threeDView().resetFocalPoint()
+
+    def onExportCsv(self):
+        p = self._parameterNode
+        path = qt.QFileDialog.getSaveFileName(None, "Export planning table", f"{p.outputSegmentation.GetName()}.csv",
+                                              "CSV files (*.csv)")
+        if path:
+            with slicer.util.tryWithErrorDisplay("Could not write the CSV file.", waitCursor=True):
+                self.logic.workflow.export_csv(p.outputSegmentation, p.inputVolume, path)
+
+
+class BiSCSegmentationTest(ScriptedLoadableModuleTest):
+    """The slicer-core workflow test (Testing/test_slicer_workflow.py), inside Slicer, on a phantom sample."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_workflow()
+
+    def test_workflow(self):
+        if dependencies.missing_summary():
+            self.delayDisplay(f"Skipped: install the dependencies first ({dependencies.missing_summary()})")
+            return
+        from BiSCSegmentationSlicer import selftest
+
+        self.delayDisplay("Building a phantom CT and tiny random-weight models")
+        folder = tempfile.mkdtemp(prefix="bisc-selftest-")
+        case = selftest.make_case_files(folder)
+        volume = slicer.util.loadVolume(case["ct"])
+        logic = BiSCSegmentationLogic()
+        report = selftest.run_workflow(logic.workflow, volume, case, self.assertTrue, self.delayDisplay)
+        self.delayDisplay("Module panel: Locate kidneys through the widget, polled by its timer")
+        slicer.util.selectModule("BiSCSegmentation")
+        widget = slicer.modules.biscsegmentation.widgetRepresentation().self()
+        p = widget._parameterNode
+        p.inputVolume = volume
+        p.modelSource = ModelSource.FILES
+        p.roughModelPath, p.fineModelPath = case["rough"], case["fine"]
+        p.device = Device.CPU
+        widget.onLocate()
+        self.assertTrue(widget._run is not None and widget.ui.cancelButton.enabled)
+        deadline = time.time() + 300
+        while widget._run is not None and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertTrue(widget._run is None, "the widget's run did not finish")
+        self.assertTrue(widget.ui.roiTableWidget.rowCount == len(logic.workflow.rois(volume)))
+        p.outputSegmentation = report["output"]
+        self.assertTrue(widget.ui.exportCsvButton.enabled and widget.ui.editSegmentsButton.enabled)
+        widget.onShow3D()
+        self.assertTrue(report["output"].GetDisplayNode().GetVisibility3D())
+        self.delayDisplay("Test passed")

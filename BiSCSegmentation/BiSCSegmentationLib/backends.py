@@ -1,0 +1,293 @@
+"""Inference backends: what actually runs a stage's network on a block of CT.
+
+* ``torch``: PyTorch eager, the reference every other backend is tested against. On a CUDA GPU it runs with
+  mixed precision (autocast, float16) unless ``precision="f32"``; on the CPU in float32 (or bfloat16 autocast
+  when asked for).
+* ``openvino``: OpenVINO on the CPU (``pip install "bisc-segmentation[fast]"``). The label branch
+  (``LabelOnly(net)``) is converted once per model file with a dynamic spatial shape, saved as OpenVINO IR in
+  the cache (``model_file.default_cache_dir()/openvino``, keyed by the model file's SHA-256 and the OpenVINO
+  version, so it is not redone on the next run) and compiled with an explicit precision: ``f32`` unless
+  ``bf16`` is asked for (OpenVINO would silently pick bf16 on CPUs that have it).
+
+``select_backend("auto")`` picks OpenVINO when it is installed and the computation runs on the CPU, else torch;
+any network OpenVINO cannot take (or a failed conversion) falls back to torch for that network, and
+``describe()`` says what was used, in words, for the user.
+
+A backend's ``runner(model)`` is a function ``x -> logits``: ``x`` a float32 tensor ``(1, 1, D, H, W)`` (sizes
+multiples of the network's divisor), the label logits a float32 tensor ``(1, C, D, H, W)``.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+import hashlib
+import os
+import re
+import threading
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from .model_file import StageModel, default_cache_dir
+from .network import LabelOnly, SCUNet
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+BACKENDS = ("auto", "torch", "openvino")
+PRECISIONS = ("auto", "f32", "bf16", "f16")
+# Choices for command-line options: a backend, optionally with a precision ("openvino-bf16").
+BACKEND_CHOICES = ("auto", "torch", "openvino", "openvino-bf16", "torch-bf16")
+EXPORT_VERSION = 1  # bump when the export recipe changes: old cached exports are then ignored
+
+
+class BackendError(RuntimeError):
+    """A backend that was asked for by name is not available."""
+
+
+def parse_spec(spec: Optional[str], precision: Optional[str] = None) -> Tuple[str, str]:
+    """``"openvino-bf16"`` -> ("openvino", "bf16"); an explicit ``precision`` wins over the suffix."""
+    spec = (spec or "auto").strip().lower()
+    name, _, suffix = spec.partition("-")
+    prec = (precision or suffix or "auto").lower()
+    prec = {"fp32": "f32", "float32": "f32", "bfloat16": "bf16", "fp16": "f16", "float16": "f16"}.get(prec, prec)
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {spec!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+    if prec not in PRECISIONS:
+        raise ValueError(f"unknown precision {prec!r}; choose one of {', '.join(PRECISIONS)}")
+    return name, prec
+
+
+def openvino_version() -> Optional[str]:
+    """The installed OpenVINO version, or None when it is not installed (or does not load)."""
+    try:
+        import openvino
+    except Exception:  # ImportError, or a broken install raising anything at import
+        return None
+    return str(getattr(openvino, "__version__", "unknown"))
+
+
+def _threads() -> int:
+    return max(1, int(torch.get_num_threads()))
+
+
+# ----------------------------------------------------------------------------------------------------- torch
+class TorchBackend:
+    """PyTorch eager (the reference). CUDA: autocast float16 by default; CPU: float32 by default."""
+
+    name = "torch"
+
+    def __init__(self, device="cpu", precision: str = "auto"):
+        self.device = torch.device(device)
+        if precision == "auto":
+            precision = "f16" if self.device.type == "cuda" else "f32"
+        if precision == "f16" and self.device.type == "cpu":
+            raise ValueError("float16 is for GPUs; on the CPU use f32 or bf16")
+        self.precision = precision
+        self.notes: List[str] = []
+
+    def _autocast(self):
+        if self.precision == "f32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def runner(self, model: StageModel) -> Runner:
+        net = model.network
+
+        @torch.no_grad()
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                out = net.forward_labels(x.to(self.device))
+            return out.float()
+
+        return run
+
+    def describe(self) -> str:
+        where = self.device.type
+        if where == "cpu":
+            where = f"CPU, {_threads()} thread(s)"
+        elif where == "cuda":
+            where = f"CUDA GPU ({torch.cuda.get_device_name(self.device)})"
+        prec = {"f32": "float32", "bf16": "bfloat16 autocast", "f16": "mixed precision (float16 autocast)"}
+        text = f"PyTorch {torch.__version__.split('+')[0]} eager, {prec[self.precision]}, {where}"
+        return text + (" (" + "; ".join(self.notes) + ")" if self.notes else "")
+
+
+# -------------------------------------------------------------------------------------------------- openvino
+def model_key(model: StageModel) -> Optional[str]:
+    """Identity of a model's weights for the export cache: the model file's SHA-256 (None if not from a file)."""
+    return model.sha256 if model.sha256 else None
+
+
+def weights_digest(model: StageModel) -> str:
+    """SHA-256 of an in-memory model's architecture and weights (for models that come from no file)."""
+    h = hashlib.sha256(repr(model.config.to_dict()).encode())
+    for k, v in model.network.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class OpenVINOBackend:
+    """OpenVINO CPU inference of the label branch, converted once per model and cached on disk."""
+
+    name = "openvino"
+
+    def __init__(self, precision: str = "auto", cache_dir=None, threads: Optional[int] = None,
+                 disk_cache: bool = True):
+        version = openvino_version()
+        if version is None:
+            raise BackendError("OpenVINO is not installed; install it with: pip install \"bisc-segmentation[fast]\" "
+                               "(or use the torch backend)")
+        import openvino as ov
+
+        self.ov = ov
+        self.version = version
+        if precision == "auto":
+            precision = "f32"  # bf16 only when asked for: see docs/performance.md for its accuracy check
+        if precision not in ("f32", "bf16"):
+            raise ValueError(f"OpenVINO runs f32 or bf16 here, not {precision}")
+        self.precision = precision
+        self.threads = threads
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "openvino"
+        self.disk_cache = disk_cache
+        self.core = ov.Core()
+        self.notes: List[str] = []
+        self._models: Dict[int, object] = {}
+        self.max_shapes = 4  # compiled input shapes kept per network (each holds its own scratch memory)
+        self._lock = threading.Lock()
+        self.fallback = TorchBackend("cpu", "f32" if precision == "f32" else "bf16")
+        self.last_export: Dict[str, str] = {}   # model key -> "cached" | "converted" (for reports)
+
+    # ------------------------------------------------------------------------------------------ conversion
+    def _paths(self, key: str) -> Tuple[Path, Path]:
+        tag = re.sub(r"[^0-9A-Za-z.]+", "_", self.version)
+        stem = self.cache_dir / f"{key[:24]}-ov{tag}-e{EXPORT_VERSION}"
+        return stem.with_suffix(".xml"), stem.with_suffix(".bin")
+
+    def convert(self, model: StageModel):
+        """The model as an OpenVINO model with input ``(1, 1, ?, ?, ?)`` (not compiled)."""
+        from openvino.frontend import FrontEndManager
+        from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+
+        ov = self.ov
+        div = model.config.divisor
+        wrapper = LabelOnly(model.network).eval()
+        example = torch.zeros(1, model.config.in_channels, 2 * div, 2 * div, 2 * div)
+        # The conversion API (ov.convert_model) would also send usage telemetry; the front end does not.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about the (constant) input-size check
+            decoder = TorchScriptPythonDecoder(wrapper, example_input=(example,), shared_memory=False)
+            fe = FrontEndManager().load_by_framework("pytorch")
+            ov_model = fe.convert(fe.load(decoder))
+        ov_model.reshape({ov_model.inputs[0]: ov.PartialShape([1, model.config.in_channels, -1, -1, -1])})
+        return ov_model
+
+    def _load_or_convert(self, model: StageModel):
+        key = model_key(model)
+        if key is not None and self.disk_cache:
+            xml, binf = self._paths(key)
+            if xml.is_file() and binf.is_file():
+                try:
+                    m = self.core.read_model(str(xml))
+                    self.last_export[key] = "cached"
+                    return m
+                except Exception:  # damaged cache entry: convert again below
+                    pass
+            m = self.convert(model)
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                tmp_xml = xml.with_name(f"{xml.stem}.{os.getpid()}.tmp.xml")
+                self.ov.save_model(m, str(tmp_xml), compress_to_fp16=False)
+                os.replace(tmp_xml.with_suffix(".bin"), binf)
+                os.replace(tmp_xml, xml)
+            except OSError as exc:  # read-only or full cache: still usable, just not cached
+                self.notes.append(f"export not cached ({exc.__class__.__name__})")
+            self.last_export[key] = "converted"
+            return m
+        return self.convert(model)
+
+    def compile(self, ov_model, shape: Optional[Tuple[int, ...]] = None):
+        """Compile for one input shape (static shapes run ~15% faster than the dynamic model), or dynamic."""
+        if shape is not None:
+            ov_model = ov_model.clone()
+            ov_model.reshape({ov_model.inputs[0]: self.ov.PartialShape(list(shape))})
+        config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                  "INFERENCE_NUM_THREADS": int(self.threads or _threads())}
+        return self.core.compile_model(ov_model, "CPU", config)
+
+    # ------------------------------------------------------------------------------------------------ running
+    def runner(self, model: StageModel) -> Runner:
+        if not isinstance(model.network, SCUNet):
+            self._note(f"{model.stage} network is not an SC-UNet: runs with torch")
+            return self.fallback.runner(model)
+        with self._lock:
+            ov_model = self._models.get(id(model.network))
+            if ov_model is None:
+                try:
+                    ov_model = self._load_or_convert(model)
+                    self.compile(ov_model, (1, model.config.in_channels) + (model.config.divisor,) * 3)  # check
+                except Exception as exc:  # any conversion problem: the reference still works
+                    self._note(f"{model.stage} network could not be converted ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:120] if str(exc) else ''}): runs with torch")
+                    return self.fallback.runner(model)
+                self._models[id(model.network)] = ov_model
+        requests: "OrderedDict[Tuple[int, ...], object]" = OrderedDict()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            x = x.detach().to("cpu", torch.float32).contiguous()
+            shape = tuple(x.shape)
+            request = requests.pop(shape, None)
+            if request is None:  # a new shape: compile for it (~0.1 s), keep the last few
+                request = self.compile(ov_model, shape).create_infer_request()
+                while len(requests) >= self.max_shapes:
+                    requests.popitem(last=False)
+            requests[shape] = request
+            request.infer({0: x.numpy()})
+            return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+        return run
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def describe(self) -> str:
+        prec = {"f32": "float32", "bf16": "bfloat16"}[self.precision]
+        text = f"OpenVINO {self.version.split('-')[0]}, {prec}, CPU, {int(self.threads or _threads())} thread(s)"
+        return text + (" (" + "; ".join(self.notes) + ")" if self.notes else "")
+
+
+# ----------------------------------------------------------------------------------------------- selection
+def select_backend(spec: Optional[str] = "auto", precision: Optional[str] = None, device="cpu", cache_dir=None):
+    """A backend object for ``spec`` ("auto", "torch", "openvino", optionally "-bf16"/"-f32").
+
+    "auto": OpenVINO when installed and ``device`` is the CPU, else torch (mixed precision on CUDA).
+    Naming "openvino" when it is missing raises :class:`BackendError`; "auto" falls back to torch and says so.
+    """
+    name, prec = parse_spec(spec, precision)
+    device = torch.device(device)
+    if name == "openvino" and device.type != "cpu":
+        raise BackendError(f"the OpenVINO backend runs on the CPU; use --device cpu or the torch backend for "
+                           f"{device.type}")
+    if name == "auto":
+        if device.type == "cpu" and openvino_version() is not None:
+            try:
+                return OpenVINOBackend(prec, cache_dir=cache_dir)
+            except Exception as exc:  # noqa: BLE001 - a broken install must not stop segmentation
+                backend = TorchBackend(device, "f32" if prec == "auto" else prec)
+                backend.notes.append(f"OpenVINO unusable: {type(exc).__name__}")
+                return backend
+        return TorchBackend(device, prec)
+    if name == "openvino":
+        return OpenVINOBackend(prec, cache_dir=cache_dir)
+    return TorchBackend(device, prec)
+
+
+def describe(backend) -> str:
+    return backend.describe()
+
+
+__all__ = ["select_backend", "TorchBackend", "OpenVINOBackend", "BackendError", "BACKENDS", "BACKEND_CHOICES",
+           "PRECISIONS", "parse_spec", "openvino_version", "describe", "weights_digest"]

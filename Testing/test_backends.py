@@ -1,0 +1,239 @@
+"""Inference backends against the torch eager reference, backend selection/fallback, and the fast glue.
+
+Tolerances (stated here, used below): OpenVINO float32 logits within 1e-4 of the largest |logit| of torch
+eager float32 (measured ~1e-5) and the same labels wherever torch's top two classes differ by more than 1e-3
+in probability; OpenVINO bfloat16 logits within 5e-2 of the largest |logit| (measured ~1.5e-2) and at least
+97% of voxels with the same label (random weights: many near-ties). OpenVINO tests skip only when the
+``openvino`` package is not installed (``pip install -e ".[fast]"``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from BiSCSegmentationLib import backends as B
+from BiSCSegmentationLib.cascade import (CascadePredictor, canonical_view, label_argmax, nearest_to_stored,
+                                         resample_view, sliding_window)
+from BiSCSegmentationLib.model_file import StageModel, load_model_file, save_model_file
+from BiSCSegmentationLib.network import SCUNetConfig
+from BiSCSegmentationLib.resample import AxisMap, resample_linear, resample_nearest
+from BiSCSegmentationLib.roi import rois_from_mask
+from BiSCSegmentationLib.volume import Volume, from_canonical, to_canonical
+from test_geometry import DIRECTIONS
+
+F32_TOL, BF16_TOL = 1e-4, 5e-2
+
+requires_openvino = pytest.mark.skipif(B.openvino_version() is None,
+                                       reason="openvino is not installed (pip install -e \".[fast]\")")
+
+
+def _models(tmp_path, widths=(8, 16, 32, 64), seed=0):
+    """Random-weight rough/fine models of the bundled layout, saved to files (export cache keyed by SHA-256)."""
+    torch.manual_seed(seed)
+    out = []
+    for stage, grid, window in (("rough", {"inplane_size": 64, "z_spacing": 6.0}, (32, 64, 64)),
+                                ("fine", {"spacing": [1.5, 1.5, 3.0]}, (16, 64, 64))):
+        m = StageModel(stage, SCUNetConfig(widths=list(widths)), grid, inference_window=window)
+        m.build().eval()
+        with torch.no_grad():  # spread the instance-norm affine parameters, as in trained networks
+            for mod in m.network.modules():
+                if isinstance(mod, torch.nn.InstanceNorm3d):
+                    mod.weight.uniform_(0.5, 1.5)
+                    mod.bias.uniform_(-0.3, 0.3)
+        save_model_file(m, tmp_path / f"{stage}.pt")
+        out.append(load_model_file(tmp_path / f"{stage}.pt", stage=stage))
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return _models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def phantom_ct():
+    """A small synthetic case (phantom anatomy at 1.5 x 1.5 x 3 mm, NIfTI-like RAS orientation)."""
+    from BiSCSegmentationLib import phantom
+
+    lab = phantom.procedural_labels(4, spacing=(1.5, 1.5, 3.0), shape_zyx=(40, 128, 128))
+    ct = phantom.synthesize_ct(lab, 4)
+    d = np.diag([-1.0, -1.0, 1.0])
+    return (Volume(ct.array[:, ::-1, ::-1], ct.spacing, (95.25, 95.25, 0.0), d),
+            Volume(lab.array[:, ::-1, ::-1], ct.spacing, (95.25, 95.25, 0.0), d))
+
+
+def _normalised_block(ct: Volume, model: StageModel) -> torch.Tensor:
+    canon, _ = canonical_view(ct)
+    x = torch.from_numpy(np.ascontiguousarray(canon.array[:32, :64, 32:96])).float()
+    return CascadePredictor._normalise(x, model)
+
+
+# ---------------------------------------------------------------------------------------------- OpenVINO
+@requires_openvino
+def test_openvino_f32_matches_torch_logits_and_labels(models, phantom_ct, tmp_path):
+    fine = models[1]
+    x = _normalised_block(phantom_ct[0], fine)[None, None]
+    ref = B.TorchBackend("cpu", "f32").runner(fine)(x)
+    be = B.OpenVINOBackend("f32", cache_dir=tmp_path)
+    out = be.runner(fine)(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    err = float((out - ref).abs().max() / ref.abs().max())
+    assert err < F32_TOL, f"OpenVINO f32 logits differ by {err:.2e} of the largest logit"
+    p = torch.softmax(ref, 1)[0]
+    top2 = p.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) > 1e-3
+    assert clear.float().mean() > 0.95
+    assert torch.equal(out[0].argmax(0)[clear], ref[0].argmax(0)[clear])
+    assert "OpenVINO" in be.describe() and "float32" in be.describe()
+
+
+@requires_openvino
+def test_openvino_bf16_within_tolerance(models, phantom_ct, tmp_path):
+    fine = models[1]
+    x = _normalised_block(phantom_ct[0], fine)[None, None]
+    ref = B.TorchBackend("cpu", "f32").runner(fine)(x)
+    be = B.OpenVINOBackend("bf16", cache_dir=tmp_path)
+    out = be.runner(fine)(x)
+    err = float((out - ref).abs().max() / ref.abs().max())
+    assert err < BF16_TOL, f"OpenVINO bf16 logits differ by {err:.2e} of the largest logit"
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.97
+    assert "bfloat16" in be.describe()
+
+
+@requires_openvino
+def test_openvino_cascade_same_labels_as_torch_on_phantom(models, phantom_ct, tmp_path):
+    ct, lab = phantom_ct
+    rough, fine = models
+    rois = rois_from_mask(lab, fine.fine_spacing, min_component_ml=1.0)
+    assert rois
+    ref_p = CascadePredictor(rough, fine, device="cpu", backend="torch")
+    ov_p = CascadePredictor(rough, fine, device="cpu", backend=B.OpenVINOBackend("f32", cache_dir=tmp_path))
+    assert "PyTorch" in ref_p.backend_name and "OpenVINO" in ov_p.backend_name
+    a, b = ref_p.segment(ct, rois).array, ov_p.segment(ct, rois).array
+    assert a.shape == b.shape == ct.array.shape
+    assert np.count_nonzero(a != b) <= 1e-4 * a.size  # only exact near-ties may differ
+    ra, rb = ref_p.locate(ct).lowres.array, ov_p.locate(ct).lowres.array
+    assert np.count_nonzero(ra != rb) <= 1e-3 * ra.size
+
+
+@requires_openvino
+def test_export_is_cached_by_sha256_and_version(models, tmp_path):
+    rough = models[0]
+    be = B.OpenVINOBackend("f32", cache_dir=tmp_path)
+    be.runner(rough)
+    assert be.last_export[rough.sha256] == "converted"
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2 and files[0].startswith(rough.sha256[:24]) and B.EXPORT_VERSION
+    assert any(f.endswith(".xml") for f in files) and any(f.endswith(".bin") for f in files)
+    again = B.OpenVINOBackend("f32", cache_dir=tmp_path)
+    x = torch.randn(1, 1, 16, 32, 32)
+    y = again.runner(rough)(x)
+    assert again.last_export[rough.sha256] == "cached"
+    ref = B.TorchBackend("cpu").runner(rough)(x)
+    assert float((y - ref).abs().max() / ref.abs().max()) < F32_TOL
+    # a damaged cache entry is converted again, not fatal
+    for p in tmp_path.iterdir():
+        p.write_bytes(b"garbage")
+    third = B.OpenVINOBackend("f32", cache_dir=tmp_path)
+    third.runner(rough)(x)
+    assert third.last_export[rough.sha256] == "converted"
+
+
+@requires_openvino
+def test_dynamic_shapes_and_mirroring(models, tmp_path):
+    fine = models[1]
+    be = B.OpenVINOBackend("f32", cache_dir=tmp_path)
+    run = be.runner(fine)
+    ref = B.TorchBackend("cpu").runner(fine)
+    for shape in [(8, 16, 24), (16, 64, 32), (8, 16, 24)]:
+        x = torch.randn(1, 1, *shape)
+        assert float((run(x) - ref(x)).abs().max() / ref(x).abs().max()) < F32_TOL
+    image = torch.randn(40, 72, 72)
+    p_ref = sliding_window(fine, image, torch.device("cpu"), True, lambda f: None, runner=ref)
+    p_ov = sliding_window(fine, image, torch.device("cpu"), True, lambda f: None, runner=run)
+    assert float((p_ref - p_ov).abs().max()) < 1e-3
+
+
+@requires_openvino
+def test_non_scunet_network_falls_back_to_torch(tmp_path):
+    from test_cascade import oracle_models
+
+    rough, fine = oracle_models((1.5, 1.5, 1.5))
+    p = CascadePredictor(rough, fine, device="cpu", backend=B.OpenVINOBackend("f32", cache_dir=tmp_path)).prepare()
+    assert "runs with torch" in p.backend_name
+
+
+# ------------------------------------------------------------------------------------------------ selection
+def test_select_backend_and_fallback(monkeypatch):
+    assert B.parse_spec("openvino-bf16") == ("openvino", "bf16")
+    assert B.parse_spec("auto", "fp32") == ("auto", "f32")
+    with pytest.raises(ValueError):
+        B.parse_spec("tensorrt")
+    t = B.select_backend("torch", device="cpu")
+    assert isinstance(t, B.TorchBackend) and t.precision == "f32" and "PyTorch" in t.describe()
+    auto = B.select_backend("auto", device="cpu")
+    if B.openvino_version() is None:
+        assert isinstance(auto, B.TorchBackend)
+    else:
+        assert isinstance(auto, B.OpenVINOBackend) and auto.precision == "f32"
+    monkeypatch.setattr(B, "openvino_version", lambda: None)
+    assert isinstance(B.select_backend("auto", device="cpu"), B.TorchBackend)
+    with pytest.raises(B.BackendError, match="not installed"):
+        B.select_backend("openvino", device="cpu")
+
+
+def test_torch_bf16_autocast_close(models):
+    fine = models[1]
+    x = torch.randn(1, 1, 16, 32, 32)
+    ref = B.TorchBackend("cpu", "f32").runner(fine)(x)
+    out = B.TorchBackend("cpu", "bf16").runner(fine)(x)
+    assert out.dtype == torch.float32
+    assert float((out - ref).abs().max() / ref.abs().max()) < 0.1
+
+
+# ----------------------------------------------------------------------------------------------------- glue
+@pytest.mark.parametrize("name", list(DIRECTIONS))
+def test_canonical_view_matches_to_canonical(name):
+    a = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    v = Volume(a, (0.7, 0.8, 2.5), (3.0, -4.0, 5.0), DIRECTIONS[name])
+    c1, r1 = to_canonical(v)
+    c2, r2 = canonical_view(v)
+    assert r1 == r2 and np.array_equal(c1.array, c2.array)
+    np.testing.assert_allclose(c1.spacing, c2.spacing)
+    np.testing.assert_allclose(c1.origin, c2.origin)
+    np.testing.assert_allclose(c1.direction, c2.direction)
+    low = (np.arange(3 * 4 * 5) % 3).astype(np.uint8).reshape(3, 4, 5)
+    maps = [AxisMap(n, (n_low / n - 1) / 2, n_low / n) for n, n_low in zip(c1.array.shape, low.shape)]
+    expected = from_canonical(resample_nearest(low, maps), v, r1).array
+    assert np.array_equal(nearest_to_stored(low, maps, r1), expected)
+    maps[0] = AxisMap(maps[0].n_out, -2.0, 1.0)  # partly outside: filled with 0 like resample_nearest
+    expected = from_canonical(resample_nearest(low, maps), v, r1).array
+    assert np.array_equal(nearest_to_stored(low, maps, r1), expected)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_resample_view_matches_resample_linear(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(30, 41, 37)).astype(np.float32) * 100
+    view = a[::-1, :, ::-1]  # negative strides, as a reoriented CT
+    maps = [AxisMap(int(rng.integers(5, 40)), float(rng.uniform(-3, 5)), float(rng.uniform(0.3, 3.5)))
+            for _ in range(3)]
+    if seed == 0:
+        maps[1] = AxisMap(20, 4.0, 1.0)  # an exact-copy axis
+    ref = resample_linear(np.ascontiguousarray(view), maps, fill=-1024.0)
+    got = resample_view(view, maps, fill=-1024.0, chunk_voxels=500)  # many z slabs
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(3, 12, 14, 16)).astype(np.float32)), 0)
+    back = [AxisMap(30, -0.3, 0.37), AxisMap(14, 0.0, 1.0), AxisMap(50, 0.1, 0.3)]
+    torch.testing.assert_close(resample_view(probs, back, fill=None),
+                               resample_linear(probs, back, fill=None), rtol=1e-5, atol=1e-6)
+
+
+def test_label_argmax_matches_torch_including_ties():
+    p = torch.rand(3, 20, 30, 40)
+    p[:, 0, 0, :4] = torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.5, 0.2, 0.5, 0.3], [0.0, 0.5, 0.5, 0.3]])
+    assert np.array_equal(label_argmax(p), p.argmax(0).to(torch.uint8).numpy())
+    p2 = torch.rand(4, 5, 6, 7)
+    assert np.array_equal(label_argmax(p2), p2.argmax(0).to(torch.uint8).numpy())

@@ -1,0 +1,127 @@
+"""Background runs of the Slicer module: the separate-process runner (Slicer's default) and the thread runner,
+progress polling, cancel (cooperative, then kill), crashes and plain-language errors."""
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import numpy as np
+import pytest
+
+from slicer_fixtures import case_files, needs_slicer_core  # noqa: F401 - fixture
+
+pytestmark = [needs_slicer_core, pytest.mark.slicer]
+
+
+def _choice(case):
+    from BiSCSegmentationSlicer.models import ModelChoice
+    return ModelChoice(kind="files", rough_path=case["rough"], fine_path=case["fine"]).to_dict()
+
+
+def _poll_all(job, timeout=120.0):
+    seen = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        status = job.poll()
+        seen.append(status)
+        if status.finished:
+            return status, seen
+        time.sleep(0.05)
+    job.cancel()
+    raise AssertionError("the job did not finish in time")
+
+
+def test_process_job_locate_equals_in_process(case_files):
+    from BiSCSegmentationLib.cascade import CascadePredictor
+    from BiSCSegmentationLib.volume import read_volume
+    from BiSCSegmentationSlicer.worker import ProcessJob, make_request
+
+    ct = read_volume(case_files["ct"])
+    job = ProcessJob(make_request("locate", _choice(case_files), device="cpu"), ct).start()
+    status, seen = _poll_all(job)
+    assert status.state == "done", status.error + status.details
+    expected = CascadePredictor.from_files(case_files["rough"], case_files["fine"], device="cpu").locate(ct)
+    assert np.array_equal(status.result["mask"], expected.mask.array)
+    assert [r.to_dict() for r in status.result["rois"]] == [r.to_dict() for r in expected.rois]
+    assert any(s.state == "running" for s in seen) and not os.path.exists(job.dir), "job folder not cleaned up"
+
+
+def test_process_job_cancel_is_cooperative(case_files):
+    from BiSCSegmentationLib.roi import KidneyROI
+    from BiSCSegmentationLib.volume import read_volume
+    from BiSCSegmentationSlicer.logic import CANCELLED_MESSAGE, error_message
+    from BiSCSegmentationSlicer.worker import ProcessJob, make_request
+
+    ct = read_volume(case_files["ct"])
+    roi = KidneyROI(tuple(ct.index_to_physical((np.array(ct.size_ijk) - 1) / 2)), (120, 120, 120), "right")
+    job = ProcessJob(make_request("segment", _choice(case_files), device="cpu", rois=[roi]), ct).start()
+    job.cancel()
+    status, _ = _poll_all(job)
+    assert status.state == "cancelled" and status.error_kind == "Cancelled"
+    assert error_message(status) == CANCELLED_MESSAGE
+
+
+def _fake_python(tmp_path, body: str) -> str:
+    path = tmp_path / "fake-python"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def test_process_job_killed_when_it_ignores_cancel(tmp_path):
+    from BiSCSegmentationLib.volume import Volume
+    from BiSCSegmentationSlicer.worker import ProcessJob, make_request
+
+    ct = Volume(np.zeros((4, 4, 4), np.int16) - 1000)
+    job = ProcessJob(make_request("locate", {}), ct, python=_fake_python(tmp_path, "exec sleep 60"))
+    job.GRACE_S = 0.5
+    job.start()
+    job.cancel()
+    t0 = time.monotonic()
+    status, _ = _poll_all(job, timeout=20)
+    assert status.state == "cancelled" and time.monotonic() - t0 < 10
+
+
+def test_process_crash_is_reported_with_its_log(tmp_path):
+    from BiSCSegmentationLib.volume import Volume
+    from BiSCSegmentationSlicer.logic import error_message
+    from BiSCSegmentationSlicer.worker import ProcessJob, make_request
+
+    ct = Volume(np.zeros((4, 4, 4), np.int16) - 1000)
+    job = ProcessJob(make_request("locate", {}), ct,
+                     python=_fake_python(tmp_path, "echo 'Segmentation fault in libtorch' >&2; exit 139"))
+    status, _ = _poll_all(job.start(), timeout=20)
+    assert status.state == "failed" and status.error_kind == "ProcessError"
+    assert "exit code 139" in status.error and "libtorch" in status.details
+    assert "Python console" in error_message(status)
+
+
+def test_model_errors_come_back_in_plain_words(tmp_path, case_files):
+    from BiSCSegmentationLib.volume import read_volume
+    from BiSCSegmentationSlicer.logic import error_message
+    from BiSCSegmentationSlicer.models import ModelChoice
+    from BiSCSegmentationSlicer.worker import ProcessJob, make_request
+
+    bad = tmp_path / "not-a-model.pt"
+    bad.write_text("hello")
+    choice = ModelChoice(kind="files", rough_path=str(bad), fine_path=case_files["fine"]).to_dict()
+    status, _ = _poll_all(ProcessJob(make_request("locate", choice), read_volume(case_files["ct"])).start())
+    assert status.state == "failed" and status.error_kind == "ModelFileError"
+    assert error_message(status) == status.error and "not-a-model.pt" in status.error
+
+
+def test_thread_job_progress_and_cancel(case_files):
+    from BiSCSegmentationLib.volume import read_volume
+    from BiSCSegmentationSlicer.worker import ThreadJob, make_request
+
+    ct = read_volume(case_files["ct"])
+    job = ThreadJob(make_request("locate", _choice(case_files), device="cpu"), ct).start()
+    status, seen = _poll_all(job)
+    assert status.state == "done" and status.fraction == 1.0
+    fractions = [s.fraction for s in seen if s.stage == "rough"]
+    assert fractions == sorted(fractions)
+    job = ThreadJob(make_request("locate", _choice(case_files), device="cpu"), ct).start()
+    job.cancel()
+    status, _ = _poll_all(job)
+    assert status.state == "cancelled"

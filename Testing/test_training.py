@@ -95,7 +95,8 @@ def test_ddp_with_two_cpu_processes(kits_like, tmp_path):
            "--out", str(tmp_path / "ddp"), "--widths", "4,8,16,32", "--epochs", "1", "--iterations", "3",
            "--batch-size", "1", "--rough-patch-size", "8,32,32", "--threads", "1", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = load_model_file(tmp_path / "ddp" / "rough.pt", stage="rough")
     ck = torch.load(tmp_path / "ddp" / "rough_checkpoint.pt", weights_only=False)

@@ -51,7 +51,8 @@ import torch
 from BiSCSegmentationLib import backends as B
 from BiSCSegmentationLib.cascade import CascadePredictor, canonical_view, resample_view, label_argmax, sliding_window
 from BiSCSegmentationLib.metrics import kits19_case_scores, dice
-from BiSCSegmentationLib.model_file import StageModel, load_bundled, load_model_file, save_model_file
+from BiSCSegmentationLib.model_file import (StageModel, default_cache_dir, load_bundled, load_model_file,
+                                            save_model_file)
 from BiSCSegmentationLib.network import SCUNet, SCUNetConfig
 from BiSCSegmentationLib.resample import AxisMap, spacing_map
 from BiSCSegmentationLib.roi import rois_from_mask
@@ -184,7 +185,7 @@ def fma_peaks(threads: int) -> Dict[str, object]:
             out["kernel"] = "AVX2 FMA"
         if "avx512_bf16" in flags:
             out["bf16"] = _kernel_rate(lib, "dpbf16", 16 * 16 * 2 * 2, threads)
-            out["kernel"] += " + AVX512-BF16 VDPBF16PS"
+            out["bf16_kernel"] = "AVX512-BF16 VDPBF16PS (16 x 32 bf16 pairs)"
     return out
 
 
@@ -330,26 +331,31 @@ class Recorder:
         return timed
 
 
-def run_cascade(predictor: CascadePredictor, ct: Volume, gt_rois) -> Tuple[np.ndarray, Dict[str, float], list]:
+def run_cascade(predictor: CascadePredictor, ct: Volume, gt_rois, fallback_rois=None
+                ) -> Tuple[np.ndarray, Dict[str, float], list]:
     t = time.perf_counter()
     rough = predictor.locate(ct)
     rois = rough.rois if gt_rois is None else gt_rois
+    if not rois:  # the rough stage found nothing: time the fine stage on the true kidneys' ROIs anyway
+        log("  the rough stage found no kidney: ROIs from the phantom's labels")
+        rois = fallback_rois
     labels = predictor.segment(ct, rois)
     return labels.array, {"total": time.perf_counter() - t}, rois
 
 
-def bench_backend(mset: Dict, spec: str, ct: Volume, gt: Volume, gt_rois, runs: int, peaks: Dict) -> Dict:
+def bench_backend(mset: Dict, spec: str, ct: Volume, gt: Volume, gt_rois, runs: int, peaks: Dict,
+                  fallback_rois=None) -> Dict:
     rough, fine = mset["rough"], mset["fine"]
     t = time.perf_counter()
     predictor = CascadePredictor(rough, fine, device="cpu", backend=spec)
     rec = Recorder(predictor)  # converts/compiles (or loads the cached export)
     setup = time.perf_counter() - t
-    labels, _, rois = run_cascade(predictor, ct, gt_rois)  # warm-up: first-shape compilation, page faults
+    labels, _, rois = run_cascade(predictor, ct, gt_rois, fallback_rois)  # warm-up: first-shape compilation, page faults
     totals, per_stage = [], {"rough": [], "fine": []}
     shapes: Dict[str, List[Tuple[int, ...]]] = {}
     for _ in range(runs):
         rec.calls.clear()
-        labels, tm, rois = run_cascade(predictor, ct, gt_rois)
+        labels, tm, rois = run_cascade(predictor, ct, gt_rois, fallback_rois)
         totals.append(tm["total"])
         for st in per_stage:
             per_stage[st].append(sum(c[2] for c in rec.calls if c[0] == st))
@@ -358,7 +364,8 @@ def bench_backend(mset: Dict, spec: str, ct: Volume, gt: Volume, gt_rois, runs: 
     prec = getattr(predictor.backend, "precision", "f32")
     peak = peaks["bf16"] if prec == "bf16" else peaks["f32"]
     row = {"set": mset["name"], "backend": spec, "described": predictor.backend_name, "precision": prec,
-           "setup_s": setup, "total_s": statistics.median(totals), "runs": totals, "labels": labels, "rois": len(rois)}
+           "setup_s": setup, "total_s": statistics.median(totals), "runs": totals, "labels": labels, "rois": len(rois),
+           "roi_sizes_mm": [[round(v) for v in roi.size] for roi in rois]}
     net_total = 0.0
     for st in ("rough", "fine"):
         sec = statistics.median(per_stage[st])
@@ -425,6 +432,32 @@ def baseline(mset: Dict, spec: str, ct: Volume, gt: Volume) -> Dict:
     return {"set": mset["name"], "backend": spec, "total_s": total, "net_s": net, "windows": len(rec.calls),
             "window": list(rec.calls[0][1]) if rec.calls else [], "gflop": gflop, "labels": out,
             "kidney_dice_gt": scores["kidney_dice"], "tumor_dice_gt": scores["tumor_dice"]}
+
+
+def precision_dice(mset: Dict, specs: Sequence[str], cases: int, work: Path) -> Dict:
+    """KiTS19 Dice (kidney, tumor) against the truth on held-out procedural phantoms (not used in training),
+    per backend/precision, and the largest difference of each to the first (f32) one."""
+    from BiSCSegmentationLib import phantom
+
+    preds = {s: CascadePredictor(mset["rough"], mset["fine"], device="cpu", backend=s) for s in specs}
+    scores = {s: [] for s in specs}
+    for n in range(cases):
+        ct, gt = phantom.make_case(5000 + n)
+        for s, p in preds.items():
+            try:
+                lab = p.predict(ct).labels.array
+            except Exception as exc:  # noqa: BLE001 - e.g. no kidney found: Dice 0
+                log(f"  case {5000 + n} {s}: {type(exc).__name__}")
+                lab = np.zeros_like(gt.array)
+            scores[s].append(kits19_case_scores(lab, gt.array))
+    out = {"cases": cases, "seeds": f"5000..{5000 + cases - 1}", "mean": {}}
+    for s in specs:
+        out["mean"][s] = {k: float(np.mean([c[k] for c in scores[s]])) for k in ("kidney_dice", "tumor_dice")}
+    ref = specs[0]
+    out["max_case_diff_vs_" + ref] = {
+        s: max(abs(a[k] - b[k]) for a, b in zip(scores[s], scores[ref]) for k in ("kidney_dice", "tumor_dice"))
+        for s in specs[1:]}
+    return out
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> Dict[str, float]:
@@ -572,7 +605,7 @@ def markdown(res: Dict) -> str:
     if fma.get("f32"):
         lines.append(f"| FP32 FMA kernel ({fma['kernel']}) | {fma['f32']:.0f} |")
     if fma.get("bf16"):
-        lines.append(f"| bf16 dot-product kernel (VDPBF16PS) | {fma['bf16']:.0f} |")
+        lines.append(f"| bf16 kernel ({fma['bf16_kernel']}) | {fma['bf16']:.0f} |")
     lines += [f"| torch.mm fp32 2048^2 | {m['gemm_f32']:.0f} |", f"| torch.mm bf16 2048^2 | {m['gemm_bf16']:.0f} |",
               "", f"% of peak below: fp32 against {m['peak']['f32']:.0f}, bf16 against {m['peak']['bf16']:.0f} GFLOP/s "
               "(the best of the bf16 kernel and the bf16 GEMM, which uses AMX where present).", ""]
@@ -585,13 +618,27 @@ def markdown(res: Dict) -> str:
     for r in res["cascade"]:
         ag = r.get("agreement_vs_torch")
         agt = f"{ag['kidney']:.4f} / {ag['tumor']:.4f}" if ag else "reference"
-        lines.append(f"| {r['set']} {r['widths']} | {r['described']} | **{r['total_s']:.2f}** | "
+        n_note = "" if r.get("n_runs", res["runs"]) == res["runs"] else f" ({r['n_runs']} runs)"
+        lines.append(f"| {r['set']} {r['widths']} | {r['described']} | **{r['total_s']:.2f}**{n_note} | "
                      f"{r['rough']['seconds']:.2f} ({r['rough']['gflops']:.0f}, {r['rough']['pct_peak']:.0f}%) | "
                      f"{r['fine']['seconds']:.2f} ({r['fine']['gflops']:.0f}, {r['fine']['pct_peak']:.0f}%) | "
                      f"{r['glue_s']:.2f} ({100 * r['glue_share']:.0f}%) | {agt} | {r['setup_s']:.1f} |")
-    lines += ["", "Network shapes (z, y, x) and GFLOP per run: " + "; ".join(
+    firsts = list({r["set"]: r for r in reversed(res["cascade"])}.values())[::-1]
+    lines += ["", "Network input shapes (z, y, x) and convolution GFLOP per cascade run: " + "; ".join(
         f"{r['set']}: rough {r['rough']['shapes']} {r['rough']['gflop']:.1f}, fine {r['fine']['shapes']} "
-        f"{r['fine']['gflop']:.1f}" for r in res["cascade"] if r["backend"] == "torch"), ""]
+        f"{r['fine']['gflop']:.1f}" for r in firsts), ""]
+    e = res.get("end_to_end")
+    if e:
+        true = next(r for r in res["cascade"] if r["set"] == e["set"] and r["backend"] == e["backend"])
+        lines += ["### End to end with the bundled rough stage's own ROIs", "",
+                  "| ROIs | ROI sizes mm (x, y, z) | fine voxels | total s | rough net s | fine net s | glue s | "
+                  "Dice kidney / tumor vs truth |", "|---|---|---:|---:|---:|---:|---:|---|"]
+        for name, r in (("true kidney boxes", true), ("bundled rough stage", e)):
+            vox = sum(float(np.prod(sh)) for sh in r["fine"]["shapes"])
+            lines.append(f"| {name} | {r['roi_sizes_mm']} | {vox / 1e6:.1f} M | {r['total_s']:.2f} | "
+                         f"{r['rough']['seconds']:.2f} | {r['fine']['seconds']:.2f} | {r['glue_s']:.2f} | "
+                         f"{r['kidney_dice_gt']:.3f} / {r['tumor_dice_gt']:.3f} |")
+        lines += ["", f"({e['described']}, median of {len(e['runs'])} runs.)", ""]
     if res.get("logits"):
         lines += ["Max |logit difference| / max |logit| vs torch eager (fine network, 32x64x64 block): " + "; ".join(
             f"{s}: {k}: {v:.1e}" for s, d in res["logits"].items() for k, v in d.items()), ""]
@@ -609,6 +656,16 @@ def markdown(res: Dict) -> str:
                   f"{b['gflop']:.0f} | {b['kidney_dice_gt']:.3f} / {b['tumor_dice_gt']:.3f} |", "",
                   f"Cascade speed-up: **{b['speedup']:.1f}x**" + ("" if res["trained"] else
                   " (random weights: Dice meaningless)."), ""]
+    pdice = res.get("precision_dice")
+    if pdice:
+        ref = next(k for k in pdice if k.startswith("max_case_diff_vs_"))
+        lines += [f"## bf16 vs f32 accuracy ({pdice['cases']} held-out phantoms, seeds {pdice['seeds']})", "",
+                  "| backend | mean kidney Dice | mean tumor Dice | largest per-case difference vs f32 |",
+                  "|---|---:|---:|---:|"]
+        for s, v in pdice["mean"].items():
+            d = pdice[ref].get(s)
+            lines.append(f"| {s} | {v['kidney_dice']:.4f} | {v['tumor_dice']:.4f} | {fmt(d, 4)} |")
+        lines.append("")
     mem = res.get("memory") or {}
     if mem:
         lines += ["## Peak memory (fresh process, whole cascade)", "", "| case | CT MiB | peak RSS MiB | seconds |",
@@ -699,8 +756,8 @@ def _strip(o):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(HERE / "results"), help="folder for results.md/.json and the chart")
-    p.add_argument("--work", default=None, help="folder for the cached phantom and model files "
-                                                "(default: <out>/work)")
+    p.add_argument("--work", default=None, help="folder for the cached phantom (~250 MB) and model files "
+                                                "(default: <BiSCSegmentation cache>/benchmark)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per backend (median reported)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: torch's default = physical cores)")
     p.add_argument("--backends", default=None, help="comma list (default: torch, openvino, openvino-bf16 "
@@ -712,6 +769,8 @@ def parse_args(argv=None):
     p.add_argument("--skip-cli", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--dice-cases", type=int, default=None, help="held-out phantoms for the f32/bf16 Dice check "
+                                                                "(default 4 with trained models, else 0)")
     p.add_argument("--big", action="store_true", help="also the peak memory of a 1000-slice CT at 0.5 mm")
     # internal: child process modes
     p.add_argument("--child-case", help=argparse.SUPPRESS)
@@ -733,7 +792,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.runs, args.skip_paper, args.skip_baseline, args.skip_cli, args.skip_training = 1, True, True, True, True
     out = Path(args.out)
-    work = Path(args.work) if args.work else out / "work"
+    work = Path(args.work) if args.work else default_cache_dir() / "benchmark"
     out.mkdir(parents=True, exist_ok=True)
     running = subprocess.run(["pgrep", "-f", "bisc-train stage"], capture_output=True, text=True).stdout.split()
     if running:
@@ -751,10 +810,13 @@ def main(argv=None) -> int:
     sets = model_sets(args, work)
     trained = all(s["trained"] for s in sets[:1])
     res["trained"] = trained
-    gt_rois = None if trained else rois_from_mask(gt, sets[0]["fine"].fine_spacing, min_component_ml=1.0)
+    true_rois = rois_from_mask(gt, sets[0]["fine"].fine_spacing, min_component_ml=1.0)
+    gt_rois = None if trained else true_rois
     res["case"] = {"shape": list(ct.array.shape), "spacing": list(spacing),
-                   "roi_source": "found by the rough stage" if trained else
-                   "from the phantom's labels (random weights find no kidney); the rough stage still runs"}
+                   "roi_source": "the true kidneys' boxes (rois_from_mask of the phantom's labels: the box a good "
+                                 "rough stage finds), so that every network and backend does the same work; the "
+                                 "rough stage still runs and is timed. End to end with the bundled rough stage's "
+                                 "own ROIs: see below"}
 
     rows = []
     for mset in sets:
@@ -762,7 +824,9 @@ def main(argv=None) -> int:
         for spec in specs:
             log(f"cascade: {mset['name']} {mset['widths']} with {spec} ...")
             try:
-                r = bench_backend(mset, spec, ct, gt, gt_rois, args.runs, res["machine"]["peak"])
+                runs = min(args.runs, 2) if (spec.startswith("torch") and mset["widths"][0] >= 32) else args.runs
+                r = bench_backend(mset, spec, ct, gt, true_rois, runs, res["machine"]["peak"])
+                r["n_runs"] = runs
             except B.BackendError as exc:
                 log(f"  skipped: {exc}")
                 continue
@@ -775,6 +839,12 @@ def main(argv=None) -> int:
                 f"({r['gflops_all']:.0f} GFLOP/s, {r['pct_peak_all']:.0f}% of peak), glue {r['glue_s']:.2f} s")
             rows.append(r)
     res["cascade"] = rows
+    if trained:
+        spec = next((s for s in specs if s == "openvino"), specs[0])
+        log(f"end to end with the bundled rough stage's own ROIs ({spec}) ...")
+        r = bench_backend(sets[0], spec, ct, gt, None, min(args.runs, 3), res["machine"]["peak"],
+                          fallback_rois=true_rois)
+        res["end_to_end"] = r
     res["dice_gt"] = True
     res["logits"] = {s["name"]: logits_check(s, specs) for s in sets}
 
@@ -790,6 +860,12 @@ def main(argv=None) -> int:
         log(f"  {b['total_s']:.1f} s ({b['windows']} windows): cascade {b['speedup']:.1f}x faster")
         res["baseline"] = b
 
+    dice_cases = args.dice_cases if args.dice_cases is not None else (4 if trained and not args.quick else 0)
+    ov_specs = [s for s in specs if s.startswith("openvino")]
+    if dice_cases and ov_specs:
+        log(f"f32 vs bf16 Dice on {dice_cases} held-out phantoms ...")
+        res["precision_dice"] = precision_dice(sets[0], ov_specs, dice_cases, work)
+
     if not args.skip_memory:
         mset = sets[0]
         log("peak memory in a fresh process ...")
@@ -800,7 +876,7 @@ def main(argv=None) -> int:
             from BiSCSegmentationLib.roi import save_rois
             save_rois(gt_rois, work / "rois.json", force=True)
             roi_arg = ["--child-rois", str(work / "rois.json")]
-        mem = {"300-slice CT": run_child(["--child-case", str(case_file), "--child-spacing", *map(str, spacing)]
+        mem = {"phantom CT": run_child(["--child-case", str(case_file), "--child-spacing", *map(str, spacing)]
                                          + roi_arg + extra, threads)}
         if args.big:
             log("peak memory, 1000-slice CT at 0.5 mm ...")

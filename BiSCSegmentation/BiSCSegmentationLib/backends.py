@@ -4,7 +4,7 @@
   mixed precision (autocast, float16) unless ``precision="f32"``; on the CPU in float32 (or bfloat16 autocast
   when asked for).
 * ``openvino``: OpenVINO on the CPU (``pip install "bisc-segmentation[fast]"``). The label branch
-  (``LabelOnly(net)``) is converted once per model file with a dynamic spatial shape, saved as OpenVINO IR in
+  (``network.LabelOnly(net)``, as :class:`ExportLabelNet`) is converted once per model file with a dynamic spatial shape, saved as OpenVINO IR in
   the cache (``model_file.default_cache_dir()/openvino``, keyed by the model file's SHA-256 and the OpenVINO
   version, so it is not redone on the next run) and compiled with an explicit precision: ``f32`` unless
   ``bf16`` is asked for (OpenVINO would silently pick bf16 on CPUs that have it).
@@ -31,14 +31,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from .model_file import StageModel, default_cache_dir
-from .network import LabelOnly, SCUNet
+from .network import SCUNet, UpGroup
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 BACKENDS = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "f32", "bf16", "f16")
 # Choices for command-line options: a backend, optionally with a precision ("openvino-bf16").
 BACKEND_CHOICES = ("auto", "torch", "openvino", "openvino-bf16", "torch-bf16")
-EXPORT_VERSION = 1  # bump when the export recipe changes: old cached exports are then ignored
+EXPORT_VERSION = 2  # bump when the export recipe changes: old cached exports are then ignored
 
 
 class BackendError(RuntimeError):
@@ -115,6 +115,48 @@ class TorchBackend:
 
 
 # -------------------------------------------------------------------------------------------------- openvino
+class _SplitUp(torch.nn.Module):
+    """An UpGroup without the concatenation: conv(cat(up, skip)) == conv_a(up) + conv_b(skip), the weights split
+    along the input channels. Same result; saves writing and re-reading the widest tensors (3-5% faster)."""
+
+    def __init__(self, group: UpGroup):
+        super().__init__()
+        conv0, c = group.conv[0], group.up.out_channels
+        self.up = group.up
+        self.a = torch.nn.Conv3d(c, conv0.out_channels, 3, padding=1, bias=conv0.bias is not None)
+        self.b = torch.nn.Conv3d(conv0.in_channels - c, conv0.out_channels, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.a.weight.copy_(conv0.weight[:, :c])
+            self.b.weight.copy_(conv0.weight[:, c:])
+            if conv0.bias is not None:
+                self.a.bias.copy_(conv0.bias)
+        self.rest = torch.nn.Sequential(*list(group.conv)[1:])
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.a(self.up(x)) + self.b(skip))
+
+
+class ExportLabelNet(torch.nn.Module):
+    """``SCUNet.forward_labels`` as one module for export (what ``network.LabelOnly`` computes), with the
+    up groups' concatenations split away (see :class:`_SplitUp`)."""
+
+    def __init__(self, net: SCUNet):
+        super().__init__()
+        self.net = net
+        self.shared = torch.nn.ModuleList([_SplitUp(u) for u in net.shared_up])
+        self.ups = torch.nn.ModuleList([_SplitUp(u) for u in net.label_branch.ups])
+        self.head = net.label_branch.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, skips = self.net.encode(x)
+        remaining = skips[::-1]  # deepest first, as SCUNet.decode_shared
+        for up in self.shared:
+            x = up(x, remaining.pop(0))
+        for up, skip in zip(self.ups, remaining):
+            x = up(x, skip)
+        return self.head(x)
+
+
 def model_key(model: StageModel) -> Optional[str]:
     """Identity of a model's weights for the export cache: the model file's SHA-256 (None if not from a file)."""
     return model.sha256 if model.sha256 else None
@@ -173,7 +215,7 @@ class OpenVINOBackend:
 
         ov = self.ov
         div = model.config.divisor
-        wrapper = LabelOnly(model.network).eval()
+        wrapper = ExportLabelNet(model.network).eval()
         example = torch.zeros(1, model.config.in_channels, 2 * div, 2 * div, 2 * div)
         # The conversion API (ov.convert_model) would also send usage telemetry; the front end does not.
         with torch.no_grad(), warnings.catch_warnings():
@@ -289,5 +331,5 @@ def describe(backend) -> str:
     return backend.describe()
 
 
-__all__ = ["select_backend", "TorchBackend", "OpenVINOBackend", "BackendError", "BACKENDS", "BACKEND_CHOICES",
+__all__ = ["select_backend", "TorchBackend", "OpenVINOBackend", "ExportLabelNet", "BackendError", "BACKENDS", "BACKEND_CHOICES",
            "PRECISIONS", "parse_spec", "openvino_version", "describe", "weights_digest"]

@@ -81,6 +81,7 @@ class CascadePredictor:
 
     def __init__(self, rough: StageModel, fine: StageModel, device: str = "auto", mirror: bool = False,
                  progress: Optional[ProgressCallback] = None, cancel=None, min_component_ml: float = 10.0,
+                 keep_largest: bool = True,
                  backend="auto", precision: Optional[str] = None):
         if rough.stage != "rough" or fine.stage != "fine":
             raise ValueError("CascadePredictor needs a rough and a fine stage model, in that order")
@@ -96,6 +97,7 @@ class CascadePredictor:
         self.progress = progress
         self.cancel = cancel
         self.min_component_ml = min_component_ml
+        self.keep_largest = keep_largest
         self.timings: Dict[str, float] = {}
         for m in (rough, fine):
             m.network.to(self.device).eval()
@@ -212,7 +214,8 @@ class CascadePredictor:
             restored = resample_view(probs, back, fill=None)
         else:
             restored = resample_linear(probs, back, fill=None, antialias=True, device=str(probs.device))
-        return box, label_argmax(restored)
+        labels = label_argmax(restored)
+        return box, keep_kidney_components(labels) if self.keep_largest else labels
 
     def predict(self, ct: Volume) -> CascadeResult:
         """Both stages; raises NoKidneyFound when the rough stage finds nothing."""
@@ -260,12 +263,17 @@ def _banded(mat: np.ndarray, rows: int = 16) -> List[Tuple[slice, slice, torch.T
 def _apply_banded(x: torch.Tensor, blocks, axis: int) -> torch.Tensor:
     if len(blocks) == 1:
         return _apply_axis(x, blocks[0][2], axis)
-    index = [slice(None)] * x.dim()
-    parts = []
-    for _, cols, mat in blocks:
-        index[x.dim() + axis] = cols
-        parts.append(_apply_axis(x[tuple(index)], mat, axis))
-    return torch.cat(parts, dim=axis)
+    shape = list(x.shape)
+    shape[axis] = blocks[-1][0].stop
+    out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    src, dst = [slice(None)] * x.dim(), [slice(None)] * x.dim()
+    for rows, cols, mat in blocks:
+        src[axis], dst[axis] = cols, rows
+        if axis == -2:  # straight into the output rows
+            torch.matmul(mat, x[tuple(src)], out=out[tuple(dst)])
+        else:
+            out[tuple(dst)] = _apply_axis(x[tuple(src)], mat, axis)
+    return out
 
 
 def resample_view(array, maps: Sequence[AxisMap], fill: Optional[float] = 0.0,
@@ -342,6 +350,21 @@ def nearest_to_stored(low: np.ndarray, maps: Sequence[AxisMap], reo: Reorientati
     for a in (2, 1, 0):
         src = np.take(src, idx[order[a]], axis=a)
     return np.ascontiguousarray(src)
+
+
+def keep_kidney_components(labels: np.ndarray, min_fraction: float = 0.2) -> np.ndarray:
+    """Within one ROI, keep the largest 26-connected kidney+tumor component (and any at least
+    ``min_fraction`` of its size); smaller islands elsewhere in the box (bowel, vessels, ribs) are removed.
+    The ROI is centred on one kidney, so its kidney is the dominant structure; the paper's connected-
+    component step (Sec. 2.2) applied to the fine output."""
+    from scipy import ndimage
+
+    comp, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return labels
+    sizes = np.bincount(comp.ravel())[1:]
+    keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
+    return np.where(np.isin(comp, keep), labels, 0).astype(labels.dtype)
 
 
 # --------------------------------------------------------------------------------------------------- grids

@@ -7,8 +7,8 @@
 set -euo pipefail
 OUT=${OUT:-runs/bundled}
 KITS=${KITS:-../shared/data/kits19}
-COMMON="--widths 8,16,32,64 --batch-size 2 --lr 1e-3 --amp bf16 --threads 1 --iterations 1000"  # one epoch = 1000 iterations here
-ROUGH_EPOCHS=${ROUGH_EPOCHS:-1}; FINE_EPOCHS=${FINE_EPOCHS:-3}
+COMMON="--widths 8,16,32,64 --batch-size 2 --lr 1e-3 --amp bf16 --threads 1 --iterations 500"  # one epoch = 500 iterations here
+ROUGH_EPOCHS=${ROUGH_EPOCHS:-1}; FINE_EPOCHS=${FINE_EPOCHS:-2}   # as shipped: rough 500, fine 1000 iterations
 
 bisc-train prepare --kits "$KITS" --cache "$OUT/cache" --split "$OUT/split.json" --synthesize --workers 2
 bisc-train stage rough --cache "$OUT/cache" --split "$OUT/split.json" --out "$OUT/rough" $COMMON --epochs $ROUGH_EPOCHS \
@@ -18,3 +18,5 @@ bisc-train stage fine --cache "$OUT/cache" --split "$OUT/split.json" --out "$OUT
 bisc-train stage fine --cache "$OUT/cache" --split "$OUT/split.json" --out "$OUT/fine-ce" $COMMON --epochs $FINE_EPOCHS \
   --fine-patch-size 32,96,96 --loss ce &
 wait
+mkdir -p "$OUT/bundled"; cp "$OUT/rough/rough.pt" "$OUT/fine-bce/fine.pt" "$OUT/bundled/"
+bisc-train evaluate --kits "$KITS" --synthesize --split "$OUT/split.json" --models "$OUT/bundled"

@@ -2,11 +2,16 @@
 import sys
 from pathlib import Path
 
+import os
+import tempfile
+
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 KITS_DIR = REPO.parent / "shared" / "data" / "kits19"
+# model exports made by tests go to a throwaway cache, never the user's ~/.cache
+os.environ.setdefault("BISC_CACHE_DIR", tempfile.mkdtemp(prefix="bisc-test-cache-"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from conftest import ...` in test modules
 
 requires_kits = pytest.mark.skipif(not (KITS_DIR / "case_00000").is_dir(),

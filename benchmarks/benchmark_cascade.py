@@ -209,14 +209,24 @@ def machine_info(threads: int) -> Dict[str, object]:
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)
     except (ValueError, OSError):
         pass
+    info["loadavg_before"] = os.getloadavg()[0]
     log("measuring the FMA rate ...")
+    one = fma_peaks(1)
     info["fma"] = fma_peaks(threads)
+    info["fma_1thread"] = {k: v for k, v in one.items() if k in ("f32", "bf16")}
     log("measuring GEMM rates ...")
     info["gemm_f32"] = gemm_rate(torch.float32)
     info["gemm_bf16"] = gemm_rate(torch.bfloat16)
-    f32 = info["fma"].get("f32") or info["gemm_f32"]
-    # bf16 "peak": the best of the vector kernel and a bf16 GEMM (which uses AMX tiles where the CPU has them)
-    bf16 = max(info["fma"].get("bf16") or 0.0, info["gemm_bf16"])
+    torch.set_num_threads(1)
+    info["gemm_f32_1thread"] = gemm_rate(torch.float32)
+    info["gemm_bf16_1thread"] = gemm_rate(torch.bfloat16)
+    torch.set_num_threads(threads)
+    # peak: all cores at the single-core rate (the nominal peak: cores x FLOP/cycle x clock), or the measured
+    # all-thread rate if higher. bf16: the best of the vector kernel and a bf16 GEMM (AMX tiles where present).
+    f32 = max(info["fma"].get("f32") or 0.0, threads * (one.get("f32") or 0.0)) or \
+        max(info["gemm_f32"], threads * info["gemm_f32_1thread"])
+    bf16 = max(info["fma"].get("bf16") or 0.0, threads * (one.get("bf16") or 0.0), info["gemm_bf16"],
+               threads * info["gemm_bf16_1thread"])
     info["peak"] = {"f32": f32, "bf16": bf16}
     return info
 
@@ -465,10 +475,22 @@ def agreement(a: np.ndarray, b: np.ndarray) -> Dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ child processes
+def vm_hwm_mib() -> float:
+    """Peak RSS of this process (VmHWM). Not ru_maxrss: Linux carries that over from the parent across
+    fork + exec, so a child started by a big parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child_memory(args) -> None:
     """In a fresh process: run the cascade once on a CT and print peak RSS (JSON on stdout)."""
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = vm_hwm_mib()
     rough = load_model_file(args.child_models[0], stage="rough")
     fine = load_model_file(args.child_models[1], stage="fine")
     if args.child_case == "big":
@@ -478,10 +500,11 @@ def child_memory(args) -> None:
         rois = rois_from_mask(lab, fine.fine_spacing, min_component_ml=1.0)
         lut = np.array([40, 160, 110] + [0] * 253, np.int16)
         ct_a = lut[lab.array]
+        geometry = (lab.origin, lab.direction)
         del lab
-        zz, yy, xx = np.ogrid[:1, :512, :512]
+        yy, xx = np.ogrid[:512, :512]
         ct_a[:, ((yy - 256) / 200.0) ** 2 + ((xx - 256) / 240.0) ** 2 > 1] = -1000
-        ct = Volume(ct_a, sp, (0.0, 0.0, 0.0))
+        ct = Volume(ct_a, sp, *geometry)
     else:
         ct_a = np.load(args.child_case)
         sp = tuple(args.child_spacing)
@@ -491,13 +514,13 @@ def child_memory(args) -> None:
         if args.child_rois:
             from BiSCSegmentationLib.roi import load_rois
             rois = load_rois(args.child_rois)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = vm_hwm_mib()
     t = time.perf_counter()
     p = CascadePredictor(rough, fine, device="cpu", backend=args.child_backend)
     r = p.locate(ct)
     p.segment(ct, rois if rois is not None else r.rois)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_mib": peak / 1024, "after_start_mib": base / 1024, "with_ct_mib": before / 1024,
+    peak = vm_hwm_mib()
+    print(json.dumps({"peak_rss_mib": peak, "after_start_mib": base, "with_ct_mib": before,
                       "ct_mib": ct.array.nbytes / 2 ** 20, "shape": list(ct.array.shape), "seconds": time.perf_counter() - t,
                       "backend": p.backend_name}))
 
@@ -522,20 +545,22 @@ def cold_cli(mset: Dict, ct: Volume, rois, work: Path, threads: int, spec: str) 
     cmd = [sys.executable, "-c", "import sys; from BiSCSegmentationLib.cli import segment_main; "
                                  "sys.exit(segment_main(sys.argv[1:]))",
            str(inp), "-o", str(work / "cli" / "labels.nii.gz"), "--force", "--device", "cpu", "--backend", spec]
-    if not mset["trained"]:
-        roi_file = work / "cli" / "rois.json"
-        save_rois(rois, roi_file, force=True)
-        cmd += ["--rois", str(roi_file)]
+    roi_file = work / "cli" / "rois.json"
+    save_rois(rois, roi_file, force=True)
     cmd += ["--rough-model", str(mset["paths"][0]), "--fine-model", str(mset["paths"][1])]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     out = {}
     cache = work / "cli" / "export-cache"
-    for label in ("cold cache", "warm cache", "warm cache "):
-        if label == "cold cache":
+    variants = (["end to end, cold cache", "end to end, warm cache", "end to end, warm cache "]
+                if mset["trained"] else ["true ROIs (--rois), cold cache"]) + \
+        ["true ROIs (--rois), warm cache", "true ROIs (--rois), warm cache "]
+    for label in variants:
+        if "cold" in label:
             shutil.rmtree(cache, ignore_errors=True)
         env["BISC_CACHE_DIR"] = str(cache)
         t = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        r = subprocess.run(cmd + (["--rois", str(roi_file)] if "--rois" in label else []), capture_output=True,
+                           text=True, env=env)
         dt = time.perf_counter() - t
         if r.returncode:
             out[label.strip()] = {"error": r.stderr.strip().splitlines()[-1:] if r.stderr else r.returncode}
@@ -552,8 +577,8 @@ def cold_cli(mset: Dict, ct: Volume, rois, work: Path, threads: int, spec: str) 
         prev = out.get(label.strip())
         if prev is None or dt < prev["wall_s"]:
             out[label.strip()] = {"wall_s": dt, "timings": timings, "backend": backend_line}
-    out["note"] = ("fine stage only (--rois from the phantom; random weights find no kidney)"
-                   if not mset["trained"] else "both stages")
+    out["note"] = ("end to end: both stages, with the bundled rough stage's own ROIs; --rois: the fine stage "
+                   "only, inside the true kidneys' boxes (the rough stage is skipped)")
     return out
 
 
@@ -598,7 +623,8 @@ def markdown(res: Dict) -> str:
              f"Machine: {m['cpu']}, {m['threads']} thread(s) used of {m['logical_cpus']} logical CPUs"
              + (f", {m['memory_gib']} GiB" if "memory_gib" in m else "") + f"; ISA: {m['isa']}.",
              f"Software: Python {m['python']}, torch {m['torch']}, OpenVINO {m['openvino'] or 'not installed'}. "
-             f"Date: {res['date']}.", "",
+             f"Date: {res['date']}. Load average before / after: {m.get('loadavg_before', 0):.2f} / "
+             f"{res.get('loadavg_after', 0):.2f} (1-minute; the benchmark's own load included).", "",
              "## Machine limits", "",
              "| measure | GFLOP/s |", "|---|---:|"]
     fma = m["fma"]
@@ -606,7 +632,10 @@ def markdown(res: Dict) -> str:
         lines.append(f"| FP32 FMA kernel ({fma['kernel']}) | {fma['f32']:.0f} |")
     if fma.get("bf16"):
         lines.append(f"| bf16 kernel ({fma['bf16_kernel']}) | {fma['bf16']:.0f} |")
-    lines += [f"| torch.mm fp32 2048^2 | {m['gemm_f32']:.0f} |", f"| torch.mm bf16 2048^2 | {m['gemm_bf16']:.0f} |",
+    if m.get("fma_1thread", {}).get("f32"):
+        lines.append(f"| FP32 FMA kernel, 1 thread | {m['fma_1thread']['f32']:.0f} |")
+    lines += [f"| torch.mm fp32 2048^2 | {m['gemm_f32']:.0f} (1 thread: {m['gemm_f32_1thread']:.0f}) |",
+              f"| torch.mm bf16 2048^2 | {m['gemm_bf16']:.0f} (1 thread: {m['gemm_bf16_1thread']:.0f}) |",
               "", f"% of peak below: fp32 against {m['peak']['f32']:.0f}, bf16 against {m['peak']['bf16']:.0f} GFLOP/s "
               "(the best of the bf16 kernel and the bf16 GEMM, which uses AMX where present).", ""]
     c = res["case"]
@@ -679,9 +708,10 @@ def markdown(res: Dict) -> str:
     cli = res.get("cli")
     if cli:
         lines += ["## Cold command line (new process, .nii.gz in -> .nii.gz out)", "",
-                  "| export cache | wall s | read s | load models s | rough s | fine s | write s |",
+                  "| run | wall s | read s | load models s | rough s | fine s | write s |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        for k in ("cold cache", "warm cache"):
+        for k in ("end to end, cold cache", "end to end, warm cache", "true ROIs (--rois), cold cache",
+                  "true ROIs (--rois), warm cache"):
             v = cli.get(k)
             if not v:
                 continue
@@ -871,11 +901,9 @@ def main(argv=None) -> int:
         log("peak memory in a fresh process ...")
         case_file = work / "phantom" / f"phantom-7-{'x'.join(map(str, shape))}-{'x'.join(f'{s:g}' for s in spacing)}-ct.npy"
         extra = ["--child-models", str(mset["paths"][0]), str(mset["paths"][1]), "--child-backend", "auto"]
-        roi_arg = []
-        if gt_rois is not None:
-            from BiSCSegmentationLib.roi import save_rois
-            save_rois(gt_rois, work / "rois.json", force=True)
-            roi_arg = ["--child-rois", str(work / "rois.json")]
+        from BiSCSegmentationLib.roi import save_rois
+        save_rois(true_rois, work / "rois.json", force=True)
+        roi_arg = ["--child-rois", str(work / "rois.json")]
         mem = {"phantom CT": run_child(["--child-case", str(case_file), "--child-spacing", *map(str, spacing)]
                                          + roi_arg + extra, threads)}
         if args.big:
@@ -885,12 +913,13 @@ def main(argv=None) -> int:
 
     if not args.skip_cli:
         log("cold command line ...")
-        res["cli"] = cold_cli(sets[0], ct, gt_rois, work, threads, "auto")
+        res["cli"] = cold_cli(sets[0], ct, true_rois, work, threads, "auto")
 
     if not args.skip_training:
         log("training throughput ...")
         res["training"] = training_throughput()
 
+    res["loadavg_after"] = os.getloadavg()[0]
     (out / "results.json").write_text(json.dumps(_strip(res), indent=1, default=str))
     md = markdown(res)
     (out / "results.md").write_text(md)

@@ -362,9 +362,12 @@ def keep_kidney_components(labels: np.ndarray, min_fraction: float = 0.2) -> np.
     comp, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
     if n <= 1:
         return labels
-    sizes = np.bincount(comp.ravel())[1:]
-    keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
-    return np.where(np.isin(comp, keep), labels, 0).astype(labels.dtype)
+    sizes = np.bincount(comp.ravel())
+    sizes[0] = 0
+    keep = np.zeros(n + 1, labels.dtype)  # a lookup table: 1 for the components kept (faster than np.isin)
+    keep[sizes >= min_fraction * sizes.max()] = 1
+    keep[0] = 0
+    return labels * keep[comp]
 
 
 # --------------------------------------------------------------------------------------------------- grids

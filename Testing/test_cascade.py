@@ -14,7 +14,8 @@ from torch import nn
 from BiSCSegmentationLib.cascade import Cancelled, CascadePredictor, NoKidneyFound, fine_grid
 from BiSCSegmentationLib.model_file import StageModel
 from BiSCSegmentationLib.network import SCUNetConfig
-from BiSCSegmentationLib.resample import covering_map, resample_nearest, spacing_map
+from BiSCSegmentationLib.cascade import rough_grid
+from BiSCSegmentationLib.resample import resample_nearest
 from BiSCSegmentationLib.roi import KidneyROI, check_roi, load_rois, rois_from_mask, save_rois, ROIError
 from BiSCSegmentationLib.cascade import _grid_volume
 from BiSCSegmentationLib.volume import Volume, read_volume, to_canonical, VolumeError
@@ -167,8 +168,7 @@ def test_roi_json_round_trip_and_errors(tmp_path):
 def rough_grid_labels(labels: Volume) -> Volume:
     """What a perfect rough stage would output: the label map on the rough grid (as the cascade builds it)."""
     canon, _ = to_canonical(labels)
-    nz, ny, nx = canon.array.shape
-    maps = (spacing_map(nz, canon.spacing[2], 3.0), covering_map(ny, 128), covering_map(nx, 128))
+    maps = rough_grid(canon, 128, 3.0)
     return _grid_volume(canon, maps, resample_nearest(canon.array, maps))
 
 

@@ -22,7 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 from BiSCSegmentationLib.losses import kidney_and_tumor_edges
-from BiSCSegmentationLib.resample import AxisMap, covering_map, resample_linear, resample_nearest, spacing_map
+from BiSCSegmentationLib.cascade import rough_grid
+from BiSCSegmentationLib.resample import AxisMap, resample_linear, resample_nearest, spacing_map
 from BiSCSegmentationLib.volume import Volume, read_volume, to_canonical
 
 CASE_RE = re.compile(r"^case_\d{5}$")
@@ -101,9 +102,7 @@ def make_split(cases: Sequence[str], path, test_fraction: float = 0.2, seed: int
 
 # ----------------------------------------------------------------------------------------------- preprocess
 def rough_maps(canon: Volume, cfg: PrepConfig) -> Tuple[AxisMap, AxisMap, AxisMap]:
-    nz, ny, nx = canon.array.shape
-    return (spacing_map(nz, canon.spacing[2], cfg.rough_z_spacing),
-            covering_map(ny, cfg.inplane_size), covering_map(nx, cfg.inplane_size))
+    return rough_grid(canon, cfg.inplane_size, cfg.rough_z_spacing)
 
 
 def fine_maps(canon: Volume, cfg: PrepConfig) -> Tuple[AxisMap, AxisMap, AxisMap]:

@@ -163,8 +163,7 @@ class CascadePredictor:
         canon, reo = canonical_view(ct)
         g = self.rough_model.grid
         nz, ny, nx = canon.array.shape
-        maps = (spacing_map(nz, canon.spacing[2], float(g["z_spacing"])),
-                covering_map(ny, int(g["inplane_size"])), covering_map(nx, int(g["inplane_size"])))
+        maps = rough_grid(canon, int(g["inplane_size"]), float(g["z_spacing"]))
         image = resample_view(canon.array, maps, fill=AIR_HU)
         image = self._normalise(image, self.rough_model)
         probs = self._probabilities(self.rough_model, image, "rough", (0.0, 0.9))
@@ -371,6 +370,14 @@ def keep_kidney_components(labels: np.ndarray, min_fraction: float = 0.2) -> np.
 
 
 # --------------------------------------------------------------------------------------------------- grids
+def rough_grid(canon: Volume, inplane_size: int, z_spacing: float) -> Tuple[AxisMap, AxisMap, AxisMap]:
+    """The rough stage's grid (numpy order z, y, x): in-plane resized to ``inplane_size`` squared (paper:
+    128x128), z at ``z_spacing``. Training prepares its data on exactly this grid."""
+    nz, ny, nx = canon.array.shape
+    return (spacing_map(nz, canon.spacing[2], z_spacing), covering_map(ny, inplane_size),
+            covering_map(nx, inplane_size))
+
+
 def check_ct(ct: Volume) -> None:
     if ct.array.dtype.kind not in "iuf":
         raise VolumeError(f"the CT must hold numbers (Hounsfield units), got dtype {ct.array.dtype}")

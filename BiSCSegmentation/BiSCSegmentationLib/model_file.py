@@ -231,11 +231,5 @@ def download_model(url: str, sha256: str, cache_dir=None, progress: Optional[Cal
     return target
 
 
-def describe(model: StageModel) -> str:
-    grid = (f"in-plane {model.grid['inplane_size']}^2, z {model.grid['z_spacing']} mm" if model.stage == "rough"
-            else "spacing " + " x ".join(f"{s:g}" for s in model.fine_spacing) + " mm")
-    return f"{model.stage}: widths {model.config.widths}, {model.config.norm} norm, {grid}"
-
-
 __all__ = ["StageModel", "ModelFileError", "save_model_file", "load_model_file", "load_bundled", "download_model",
-           "bundled_model_names", "bundled_entry", "sha256_of", "describe"]
+           "bundled_model_names", "bundled_entry", "sha256_of"]

@@ -161,6 +161,21 @@ def same_geometry(a, b, tol: float = 1e-6) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- files
+def read_node(ctx: SceneContext, node_class: str, storage_class: str, path, what: str, name=None):
+    """A new node of ``node_class`` read from ``path`` by a ``storage_class`` storage node; nothing is
+    left in the scene when the file cannot be read."""
+    node = ctx.scene.AddNewNodeByClass(node_class, name) if name else ctx.scene.AddNewNodeByClass(node_class)
+    storage = ctx.scene.AddNewNodeByClass(storage_class)
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node):
+        ctx.remove(storage)
+        ctx.remove(node)
+        raise SceneError(f"{path}: cannot read this {what}")
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
 def load_volume(ctx: SceneContext, path, name: Optional[str] = None, labelmap: bool = False):
     """Read an image file (NRRD, NIfTI, MHA...) into a new volume node, with a display node."""
     path = os.fspath(path)
@@ -168,15 +183,7 @@ def load_volume(ctx: SceneContext, path, name: Optional[str] = None, labelmap: b
         raise SceneError(f"{path}: no such file")
     name = name or _base_name(path)
     cls = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
-    node = ctx.scene.AddNewNodeByClass(cls, name)
-    storage = ctx.scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(path)
-    if not storage.ReadData(node):
-        ctx.remove(storage)
-        ctx.remove(node)
-        raise SceneError(f"{path}: cannot read this image")
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    node.CreateDefaultDisplayNodes()
+    node = read_node(ctx, cls, "vtkMRMLVolumeArchetypeStorageNode", path, "image", name)
     display = node.GetDisplayNode()
     if display is not None and not labelmap:
         display.AutoWindowLevelOff()

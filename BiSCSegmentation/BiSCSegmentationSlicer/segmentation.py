@@ -16,7 +16,7 @@ import slicer
 import vtk
 
 from . import terminology as term
-from .scene import SceneContext, SceneError, add_volume_node, place_beside, unique_name
+from .scene import SceneContext, SceneError, add_volume_node, place_beside, read_node, unique_name
 
 OUTPUT_ATTRIBUTE = "BiSCSegmentation.Output"
 FINGERPRINT_ATTRIBUTE = "BiSCSegmentation.Fingerprint"
@@ -257,13 +257,4 @@ def show_3d(seg_node, visible: bool = True) -> None:
 
 def load_segmentation(ctx: SceneContext, path):
     """Read a .seg.nrrd into a new segmentation node."""
-    node = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    storage = ctx.scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    storage.SetFileName(str(path))
-    if not storage.ReadData(node):
-        ctx.remove(storage)
-        ctx.remove(node)
-        raise SceneError(f"{path}: cannot read this segmentation")
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    node.CreateDefaultDisplayNodes()
-    return node
+    return read_node(ctx, "vtkMRMLSegmentationNode", "vtkMRMLSegmentationStorageNode", path, "segmentation")

@@ -367,7 +367,8 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             if run.task == "locate":
                 self.logic.workflow.finish_locate(run, status)
-                self.ui.statusLabel.text = "Kidneys located: check each ROI, then press \"Segment kidneys\"."
+                self.ui.statusLabel.text = ("Kidneys located" + status.ran_on
+                                            + ": check each ROI, then press \"Segment kidneys\".")
             else:
                 self._finishSegment(run, status)
         except WorkflowError as exc:
@@ -395,7 +396,8 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node = self.logic.workflow.finish_segment(run, status, mode="replace" if box.clickedButton() == replace
                                                       else "new")
         self._parameterNode.outputSegmentation = node
-        self.ui.statusLabel.text = f"Wrote \"{node.GetName()}\". Edit it in Segment Editor; the table follows."
+        self.ui.statusLabel.text = (f"Wrote \"{node.GetName()}\"{status.ran_on}. "
+                                    "Edit it in Segment Editor; the table follows.")
 
     # ------------------------------------------------------------------------------------------ results
     def onOutputChanged(self, node):

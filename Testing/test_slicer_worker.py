@@ -45,6 +45,10 @@ def test_process_job_locate_equals_in_process(case_files):
     assert np.array_equal(status.result["mask"], expected.mask.array)
     assert [r.to_dict() for r in status.result["rois"]] == [r.to_dict() for r in expected.rois]
     assert any(s.state == "running" for s in seen) and not os.path.exists(job.dir), "job folder not cleaned up"
+    # the panel tells the user which backend ran and how long it took
+    backend = CascadePredictor.from_files(case_files["rough"], case_files["fine"], device="cpu").backend_name
+    assert status.result["backend"].split(",")[0] == backend.split(",")[0] and status.result["seconds"] > 0
+    assert status.ran_on.startswith(" (" + backend.split(",")[0]) and status.ran_on.endswith(" s)")
 
 
 def test_process_job_cancel_is_cooperative(case_files):

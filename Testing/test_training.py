@@ -62,9 +62,10 @@ def small_config(cache, out, cases, **kw):
 
 def test_resume_after_interruption_gives_the_same_weights(kits_like, tmp_path):
     _, cases, cache = kits_like
-    straight = train(small_config(cache, tmp_path / "a", cases))
+    settings = dict(roi_prob=0.5, lr_schedule="poly")  # the bundled recipe's sampling and schedule
+    straight = train(small_config(cache, tmp_path / "a", cases, **settings))
     # interrupted after 4 of 6 iterations, then resumed by running the same command again
-    cfg = small_config(cache, tmp_path / "b", cases)
+    cfg = small_config(cache, tmp_path / "b", cases, **settings)
     train(cfg, stop_after=4)
     assert torch.load(tmp_path / "b" / "fine_checkpoint.pt", weights_only=False)["iteration"] == 4
     # the model file of the last finished epoch is usable meanwhile
@@ -85,6 +86,51 @@ def test_model_file_records_how_it_was_trained(kits_like, tmp_path):
     assert model.fine_spacing == (3.0, 3.0, 4.0)
 
 
+def test_checkpoints_from_before_a_setting_existed_resume_with_its_default(kits_like, tmp_path):
+    _, cases, cache = kits_like
+    cfg = small_config(cache, tmp_path, cases)
+    train(cfg, stop_after=2)
+    ck_path = tmp_path / "fine_checkpoint.pt"
+    ck = torch.load(ck_path, weights_only=False)
+    del ck["config"]["roi_prob"], ck["config"]["lr_schedule"]  # as written by an older version
+    torch.save(ck, ck_path)
+    assert load_model_file(train(cfg)).training["iterations_done"] == 6
+    # the folder may be moved: out_dir is not a training setting
+    moved = tmp_path.parent / (tmp_path.name + "_moved")
+    tmp_path.rename(moved)
+    assert train(replace(cfg, out_dir=str(moved), epochs=3)).parent == moved
+
+
+def test_poly_learning_rate_decays_to_zero():
+    from bisc_training.train import learning_rate
+    cfg = TrainConfig(stage="fine", cache_dir="", out_dir="", lr=1e-3, lr_schedule="poly")
+    rates = [learning_rate(cfg, it, 100) for it in (0, 50, 99, 100)]
+    assert rates[0] == 1e-3 and rates[0] > rates[1] > rates[2] > rates[3] == 0.0
+    assert learning_rate(replace(cfg, lr_schedule="constant"), 99, 100) == 1e-3
+
+
+def test_fine_patches_cover_the_whole_roi_region_not_only_the_kidney(kits_like):
+    _, cases, cache = kits_like
+    near = D.PatchSampler(cache, cases, "fine", (4, 8, 8), fine_spacing=(3.0, 3.0, 4.0), jitter_mm=0.0)
+    wide = D.PatchSampler(cache, cases, "fine", (4, 8, 8), fine_spacing=(3.0, 3.0, 4.0), roi_prob=1.0, jitter_mm=0.0,
+                          roi_margin_mm=(30.0, 30.0, 16.0))
+    rng = np.random.default_rng(1)
+    near_empty = [not s[1].any() for s in (near.sample(rng) for _ in range(200))]
+    wide_patches = [wide.sample(rng) for _ in range(200)]
+    assert not any(near_empty)  # centred on a kidney or tumor voxel: always some kidney
+    wide_empty = [not s[1].any() for s in wide_patches]
+    assert 0.1 < np.mean(wide_empty) < 0.95  # background near the kidney is seen too
+    assert all(s[0].shape == (4, 8, 8) and s[1].shape == (4, 8, 8) for s in wide_patches)
+
+
+def test_patch_crop_pads_outside_the_array():
+    a = np.arange(5 * 6 * 7).reshape(5, 6, 7)
+    assert (D._crop(a, np.array([-100, 0, 0]), np.array([3, 3, 3]), -1) == -1).all()  # wholly outside
+    assert (D._crop(a, np.array([10, 0, 0]), np.array([3, 3, 3]), -1) == -1).all()
+    c = D._crop(a, np.array([-1, -2, 5]), np.array([3, 4, 4]), -1)
+    assert (c[1:, 2:, :2] == a[:2, :2, 5:]).all() and (c[0] == -1).all() and (c[:, :, 2:] == -1).all()
+
+
 @pytest.mark.slow
 def test_ddp_with_two_cpu_processes(kits_like, tmp_path):
     _, cases, cache = kits_like
@@ -102,3 +148,75 @@ def test_ddp_with_two_cpu_processes(kits_like, tmp_path):
     ck = torch.load(tmp_path / "ddp" / "rough_checkpoint.pt", weights_only=False)
     assert ck["iteration"] == 3 and len(ck["rng"]) == 2  # both ranks' sampler states saved
     assert model.grid["inplane_size"] == 128
+
+
+def test_evaluate_with_two_worker_processes_gives_the_same_report(kits_like, tmp_path):
+    import csv
+    from BiSCSegmentationLib.model_file import save_model_file
+    from bisc_training.cli import main
+    from conftest import tiny_stage_models
+
+    root, cases, _ = kits_like
+    models = tmp_path / "models"
+    for m in tiny_stage_models(rough_grid={"inplane_size": 32, "z_spacing": 8.0}, fine_spacing=(3.0, 3.0, 4.0)):
+        save_model_file(m, models / f"{m.stage}.pt")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [], "test": cases}))
+    common = ["evaluate", "--kits", str(root), "--split", str(split), "--models", str(models), "--device", "cpu"]
+    assert main(common + ["--out", str(tmp_path / "one")]) == 0
+    assert main(common + ["--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+
+    def scores(name):
+        with open(tmp_path / name / "per_case.csv") as f:
+            return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in csv.DictReader(f)]
+    assert scores("one") == scores("two") and [r["case"] for r in scores("two")] == cases
+    assert main(common + ["--out", str(tmp_path / "two"), "--workers", "2"]) == 2  # never overwrites
+
+
+def test_eq1_models_carry_the_prior_correction_and_the_command_gives_the_same_file(kits_like, tmp_path):
+    from bisc_training.cli import main
+    from bisc_training.train import label_log_prior
+    root, cases, cache = kits_like
+    corrected = load_model_file(train(small_config(cache, tmp_path / "on", cases, loss="bce")))
+    plain = train(small_config(cache, tmp_path / "off", cases, loss="bce", prior_correction=False))
+    prior = corrected.training["label_log_prior"]
+    assert len(prior) == 3 and prior[0] > prior[1] > prior[2]  # background > kidney > tumor voxels
+    assert np.allclose(np.exp(prior).sum(), 1.0, atol=1e-4)
+    # only the label logits' bias moves, by exactly the prior; the trained network itself is untouched
+    ck = torch.load(tmp_path / "on" / "fine_checkpoint.pt", weights_only=False)["model"]
+    a, b = corrected.network.state_dict(), load_model_file(plain).network.state_dict()
+    bias = "label_branch.head.bias"
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], ck[k]) for k in a if k != bias)
+    assert torch.allclose(a[bias] - b[bias], torch.tensor(prior), atol=1e-6)
+    # bisc-train prior-correct on the uncorrected file gives the same network
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": cases, "test": []}))
+    args = ["prior-correct", str(plain), "--cache", str(cache), "--split", str(split)]
+    assert main(args + ["-o", str(tmp_path / "fixed.pt")]) == 0
+    fixed = load_model_file(tmp_path / "fixed.pt")
+    assert torch.allclose(fixed.network.state_dict()[bias], a[bias]) and fixed.training["label_log_prior"]
+    assert main(args + ["-o", str(tmp_path / "fixed.pt")]) == 2           # never overwrites
+    assert main(["prior-correct", str(tmp_path / "fixed.pt"), "--cache", str(cache), "--split", str(split),
+                 "-o", str(tmp_path / "twice.pt")]) == 2                 # refuses to correct twice
+    ce = train(small_config(cache, tmp_path / "ce", cases, loss="ce"))
+    assert "label_log_prior" not in load_model_file(ce).training
+    assert main(["prior-correct", str(ce), "--cache", str(cache), "--split", str(split),
+                 "-o", str(tmp_path / "ce.pt")]) == 2                    # CE needs no correction
+
+
+def test_loss_comparison_scores_each_model_on_ground_truth_rois(kits_like, tmp_path, capsys):
+    from bisc_training.compare_losses import main, roi_box
+    _, cases, cache = kits_like
+    labels = np.zeros((40, 300, 300), np.uint8)
+    labels[10:20, 100:180, 120:160] = 1
+    start, size = roi_box(labels, (3.0, 0.78, 0.78))
+    assert list(size) == [16, 160, 160]  # paper sizing: 160 in-plane, z a multiple of 16 above the kidney
+    assert (start <= [10, 100, 120]).all() and (start + size >= [20, 180, 160]).all()
+    model = train(small_config(cache, tmp_path / "m", cases, loss="bce"))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [], "test": cases[:2]}))
+    assert main(["--cache", str(cache), "--split", str(split), "--model", f"bce={model}",
+                 "-o", str(tmp_path / "t1.json")]) == 0
+    scores = json.loads((tmp_path / "t1.json").read_text())
+    assert set(scores) == {"bce", "bce without prior correction"} and set(scores["bce"]) == set(cases[:2])
+    assert "| bce without prior correction |" in capsys.readouterr().out

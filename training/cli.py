@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import List, Optional, Sequence
 
 from tqdm import tqdm
 
-from BiSCSegmentationLib.model_file import load_model_file, sha256_of
+from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of
 
 from . import data as D
 from .train import TrainConfig, train
@@ -39,7 +40,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthesize", action="store_true",
                    help="build phantom CT around each label map (for label-only data such as ../shared)")
     p.add_argument("--max-cases", type=int, default=0, help="use only the first N cases (0: all)")
-    p.add_argument("--workers", type=int, default=1, help="processes preparing cases in parallel")
+    p.add_argument("--workers", type=int, default=1, help="processes working on cases in parallel (prepare, evaluate)")
     p.add_argument("--inplane-size", type=int, default=128)
     p.add_argument("--rough-z-spacing", type=float, default=3.0)
     p.add_argument("--fine-spacing", type=_floats, default=[0.78, 0.78, 3.0], help="x,y,z mm (paper 0.78,0.78,3)")
@@ -58,6 +59,11 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rough-patch-size", type=_ints, default=None)
     p.add_argument("--fine-patch-size", type=_ints, default=None)
     p.add_argument("--no-mirror", action="store_true", help="no random mirroring")
+    p.add_argument("--roi-prob", type=float, default=0.33,
+                   help="fine stage: share of patches placed anywhere in the ROI region (the rest centred "
+                        "on kidney/tumor); teaches what is not kidney near the kidney")
+    p.add_argument("--lr-schedule", choices=["constant", "poly"], default="constant",
+                   help="constant (paper) or poly decay to 0 at the last iteration (nnU-Net)")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -86,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, required=True, help="folder with rough.pt and fine.pt")
     p.add_argument("--out", type=Path, help="default MODELS/evaluation")
     p.add_argument("--device", default="auto")
+    p = sub.add_parser("prior-correct", help="add the training patches' log class frequencies to the label logits "
+                                             "of a model trained with Eq. 1 (done by 'stage' itself since v2)")
+    p.add_argument("model", type=Path, help="a rough.pt or fine.pt trained with --loss bce")
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("-o", "--out", type=Path, required=True, help="the corrected model file")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
     p = sub.add_parser("all", help="prepare, train rough and fine, evaluate on the held-out fifth")
     _add_data(p)
     p.add_argument("--out", type=Path, required=True)
@@ -126,6 +139,7 @@ def cmd_stage(args, stage: str, cache: Path, split: dict, out: Path) -> Path:
                       rough_grid={"inplane_size": getattr(args, "inplane_size", 128),
                                   "z_spacing": getattr(args, "rough_z_spacing", 3.0)},
                       inference_window=STAGE_DEFAULTS[stage]["inference_window"], mirror=not args.no_mirror,
+                      roi_prob=args.roi_prob if stage == "fine" else 0.0, lr_schedule=args.lr_schedule,
                       seed=args.seed, device=args.device, amp=args.amp, threads=args.threads,
                       checkpoint_every=args.checkpoint_every,
                       command="bisc-train " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -148,6 +162,28 @@ def cmd_stage(args, stage: str, cache: Path, split: dict, out: Path) -> Path:
     return path
 
 
+def cmd_prior_correct(args) -> Path:
+    """The correction ``stage`` applies at the end of an Eq. 1 training, for a model file made without it."""
+    from .train import label_log_prior, with_prior
+    model = load_model_file(args.model)
+    t = model.training
+    if t.get("loss") != "bce":
+        raise ValueError(f"{args.model}: trained with loss {t.get('loss')!r}; the correction is for Eq. 1 (bce)")
+    if "label_log_prior" in t:
+        raise ValueError(f"{args.model}: already corrected (label_log_prior {t['label_log_prior']})")
+    split = json.loads(args.split.read_text())
+    sampler = D.PatchSampler(args.cache, split["train"], model.stage, t["patch_size"],
+                             tuple(model.grid.get("spacing", (0.78, 0.78, 3.0))),
+                             roi_prob=float(t.get("roi_prob", 0.0)))
+    log_prior = label_log_prior(sampler, int(t.get("seed", 0)))
+    model.network = with_prior(model.network, log_prior)
+    model.training = {**t, "label_log_prior": [round(v, 6) for v in log_prior]}
+    save_model_file(model, args.out, force=args.force)
+    print(f"{args.out}: label logits + log class frequencies {[round(v, 3) for v in log_prior]} "
+          f"(sha256 {sha256_of(args.out)})")
+    return args.out
+
+
 class LazyCases:
     """Test cases built on access (a synthesized CT is large: never hold them all)."""
 
@@ -162,13 +198,47 @@ class LazyCases:
         return self.cases[n], ct, gt
 
 
-def cmd_evaluate(args, split: dict, models: Path, out: Path) -> dict:
+def _predictor(models: Path, device: str):
     from BiSCSegmentationLib.cascade import CascadePredictor
-    from .evaluate_cascade import evaluate_cascade
+    return CascadePredictor(load_model_file(models / "rough.pt", stage="rough"),
+                            load_model_file(models / "fine.pt", stage="fine"), device=device)
 
-    predictor = CascadePredictor(load_model_file(models / "rough.pt", stage="rough"),
-                                 load_model_file(models / "fine.pt", stage="fine"), device=args.device)
-    return evaluate_cascade(predictor, LazyCases(args.kits, split["test"], args.synthesize), out)
+
+_WORKER = {}
+
+
+def _worker_init(models: str, device: str, kits: str, synthesize: bool, threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+    _WORKER.update(predictor=_predictor(Path(models), device), kits=kits, synthesize=synthesize)
+
+
+def _worker_case(case_id: str) -> dict:
+    from .evaluate_cascade import score_case
+    ct, gt = D.read_case(_WORKER["kits"], case_id, _WORKER["synthesize"])
+    return score_case(_WORKER["predictor"], case_id, ct, gt)
+
+
+def cmd_evaluate(args, split: dict, models: Path, out: Path) -> dict:
+    """The cascade on the held-out cases; with ``--workers N`` N cases at a time (each its own process,
+    the cores shared between them): synthesizing a phantom is single-threaded, so this is ~N times faster."""
+    from .evaluate_cascade import evaluate_cascade, report
+    from BiSCSegmentationLib.evaluation import check_outputs
+
+    workers = max(1, int(getattr(args, "workers", 1) or 1))
+    if workers == 1:
+        return evaluate_cascade(_predictor(models, args.device), LazyCases(args.kits, split["test"], args.synthesize), out)
+    import multiprocessing as mp
+    check_outputs(out, False)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    rows = []
+    init = (str(models), args.device, str(args.kits), bool(args.synthesize), threads)
+    with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=init) as pool:
+        for row in tqdm(pool.imap_unordered(_worker_case, split["test"]), total=len(split["test"]),
+                        desc="evaluating cascade", unit="case"):
+            rows.append(row)
+    order = {c: n for n, c in enumerate(split["test"])}
+    return report(sorted(rows, key=lambda r: order[r["case"]]), out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -181,6 +251,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not split_path.is_file():
                 raise SystemExit(f"bisc-train: {split_path}: no split file; run 'bisc-train prepare' first")
             cmd_stage(args, args.stage, args.cache, json.loads(split_path.read_text()), args.out)
+        elif args.command == "prior-correct":
+            cmd_prior_correct(args)
         elif args.command == "evaluate":
             cmd_evaluate(args, json.loads(args.split.read_text()), args.models, args.out or args.models / "evaluation")
         else:

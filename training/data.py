@@ -203,17 +203,21 @@ class PatchSampler:
     """Random training patches for one stage from the cache, deterministic given its numpy Generator.
 
     rough: a z-window of the whole low-resolution volume (all 128x128 in-plane);
-    fine: a patch inside a kidney crop, centred on a tumor voxel with probability ``tumor_prob``, else
-    on a kidney voxel, jittered by up to ``jitter_mm`` (like the rough stage's localisation errors).
+    fine: a patch inside a kidney crop. With probability ``roi_prob`` its centre is uniform over the
+    region an ROI around that kidney covers at inference (the kidney's box grown by ``roi_margin_mm``),
+    so the network also learns what is *not* kidney there (bowel, vessels, spleen, ribs); otherwise it is
+    centred on a tumor voxel (probability ``tumor_prob``) or a kidney voxel, jittered by up to
+    ``jitter_mm`` (like the rough stage's localisation errors).
     Random mirroring in three directions (paper Sec. 3.1).
     """
 
     def __init__(self, cache_dir, cases: Sequence[str], stage: str, patch_size: Sequence[int],
                  fine_spacing=(0.78, 0.78, 3.0), tumor_prob: float = 0.5, jitter_mm: float = 25.0,
-                 mirror: bool = True):
+                 mirror: bool = True, roi_prob: float = 0.0, roi_margin_mm: Sequence[float] = (45.0, 45.0, 15.0)):
         self.stage, self.patch = stage, tuple(int(p) for p in patch_size)
-        self.tumor_prob, self.mirror = tumor_prob, mirror
+        self.tumor_prob, self.mirror, self.roi_prob = tumor_prob, mirror, roi_prob
         self.jitter_vox = np.array([jitter_mm / s for s in fine_spacing[::-1]])
+        self.roi_margin_vox = np.array([m / s for m, s in zip(roi_margin_mm, fine_spacing)])[::-1]
         self.items = []
         keys = ("ct", "labels", "kidney_edge", "tumor_edge")
         self.points = []  # per fine item: (kidney voxel sample, tumor voxel sample), found once
@@ -235,6 +239,11 @@ class PatchSampler:
         patch = np.array(self.patch)
         if self.stage == "rough":
             centre = np.array([rng.uniform(0, shape[0]), shape[1] / 2, shape[2] / 2])
+        elif self.roi_prob and rng.random() < self.roi_prob:
+            kidney_pts = self.points[n][0]
+            lo = kidney_pts.min(axis=0) - self.roi_margin_vox
+            hi = kidney_pts.max(axis=0) + self.roi_margin_vox
+            centre = np.clip(rng.uniform(lo, hi), 0, shape - 1)  # the ROI is clamped to the volume too
         else:
             kidney_pts, tumor_pts = self.points[n]
             want_tumor = rng.random() < self.tumor_prob and len(tumor_pts) > 0
@@ -260,8 +269,12 @@ def _subsample(points: np.ndarray, rng: np.random.Generator, keep: int = 20000) 
 
 
 def _crop(a: np.ndarray, start: np.ndarray, size: np.ndarray, fill) -> np.ndarray:
+    """``size`` voxels from ``start`` (may lie partly or wholly outside ``a``), padded with ``fill``."""
     out = np.full(tuple(size), fill, dtype=a.dtype)
-    src = tuple(slice(max(0, s), min(n, s + p)) for s, p, n in zip(start, size, a.shape))
-    dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, start))
-    out[dst] = a[src]
+    lo = [min(max(0, int(s)), n) for s, n in zip(start, a.shape)]
+    hi = [min(max(0, int(s) + int(p)), n) for s, p, n in zip(start, size, a.shape)]
+    if all(h > l for l, h in zip(lo, hi)):
+        src = tuple(slice(l, h) for l, h in zip(lo, hi))
+        dst = tuple(slice(l - int(s), h - int(s)) for l, h, s in zip(lo, hi, start))
+        out[dst] = a[src]
     return out

@@ -7,11 +7,12 @@ gradients are averaged by DDP (gloo on CPU, nccl on CUDA), and rank 0 writes che
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -48,6 +49,9 @@ class TrainConfig:
     rough_grid: Dict = field(default_factory=lambda: {"inplane_size": 128, "z_spacing": 3.0})
     inference_window: List[int] = field(default_factory=lambda: [128, 192, 192])
     mirror: bool = True
+    roi_prob: float = 0.0                        # fine: share of patches placed anywhere in the ROI region
+    lr_schedule: str = "constant"                # "constant" | "poly" (nnU-Net's (1 - it/total)^0.9)
+    prior_correction: bool = True                # bce: add the log class frequencies to the written model
     seed: int = 0
     device: str = "auto"
     amp: str = "off"                             # "off" | "bf16" (CPU/GPU autocast) | "fp16" (CUDA)
@@ -81,13 +85,53 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def stage_model(cfg: TrainConfig, net: SCUNet, history: Dict) -> StageModel:
+def learning_rate(cfg: TrainConfig, it: int, total: int) -> float:
+    """The learning rate at iteration ``it`` (poly decays to 0 at ``total``, as nnU-Net)."""
+    if cfg.lr_schedule == "poly":
+        return cfg.lr * (1.0 - it / max(total, 1)) ** 0.9
+    return cfg.lr
+
+
+def label_log_prior(sampler: PatchSampler, seed: int = 0, patches: int = 300) -> List[float]:
+    """log of the mean class fractions of training patches (its own random stream: training is unchanged).
+
+    Eq. 1 divides each class's loss by its size, so a network trained with it learns p(c|x) / p(c): it
+    marks every voxel that is even slightly more tumor-like than usual as tumor (high recall, many false
+    positives, see README). Adding log p(c) to its label logits gives back p(c|x) (logit adjustment,
+    Menon et al., ICLR 2021) while keeping the balanced training.
+    """
+    rng = np.random.default_rng([seed, 7919])
+    frac = np.zeros(3)
+    for _ in range(patches):
+        lab = sampler.sample(rng)[1]
+        frac += np.bincount(lab.ravel(), minlength=3)[:3] / lab.size
+    frac = np.maximum(frac / patches, 1e-6)
+    return [float(v) for v in np.log(frac / frac.sum())]
+
+
+def with_prior(net: SCUNet, log_prior: Optional[Sequence[float]]) -> SCUNet:
+    """A copy of ``net`` whose label logits carry ``log_prior`` (the training network is left as is)."""
+    if log_prior is None:
+        return net
+    out = copy.deepcopy(net)
+    with torch.no_grad():
+        out.label_branch.head.bias += torch.tensor(log_prior, dtype=out.label_branch.head.bias.dtype,
+                                                   device=out.label_branch.head.bias.device)
+    return out
+
+
+def stage_model(cfg: TrainConfig, net: SCUNet, history: Dict, log_prior: Optional[Sequence[float]] = None
+                ) -> StageModel:
+    net = with_prior(net, log_prior)
+    if log_prior is not None:
+        history = {**history, "label_log_prior": [round(v, 6) for v in log_prior]}
     grid = dict(cfg.rough_grid) if cfg.stage == "rough" else {"spacing": list(cfg.fine_spacing)}
     model = StageModel(cfg.stage, net.config, grid, dict(INTENSITY), tuple(cfg.inference_window),
                        training={"command": cfg.command, "loss": cfg.loss, "threshold": cfg.threshold,
                                  "epochs": cfg.epochs, "iterations_per_epoch": cfg.iterations,
                                  "batch_size": cfg.batch_size, "lr": cfg.lr, "patch_size": cfg.patch_size,
-                                 "seed": cfg.seed, "amp": cfg.amp, "cases": len(cfg.cases), **history})
+                                 "seed": cfg.seed, "amp": cfg.amp,
+                                 "roi_prob": cfg.roi_prob, "lr_schedule": cfg.lr_schedule, "cases": len(cfg.cases), **history})
     model.network = net
     return model
 
@@ -123,8 +167,9 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         # what may differ on resume: where it runs, and how many epochs (to extend a finished run)
-        free = ("command", "device", "threads", "epochs", "checkpoint_every", "log_every")
-        saved = {k: v for k, v in ck["config"].items() if k not in free}
+        free = ("command", "device", "threads", "epochs", "checkpoint_every", "log_every", "out_dir")
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+        saved = {k: v for k, v in {**defaults, **ck["config"]}.items() if k not in free}  # older files: defaults
         mine = {k: v for k, v in asdict(cfg).items() if k not in free}
         if saved != mine:
             diff = sorted(k for k in mine if saved.get(k) != mine[k])
@@ -136,9 +181,10 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
         rng.bit_generator.state = ck["rng"][rank]
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     sampler = PatchSampler(cfg.cache_dir, cfg.cases, cfg.stage, cfg.patch_size, tuple(cfg.fine_spacing),
-                           mirror=cfg.mirror)
+                           mirror=cfg.mirror, roi_prob=cfg.roi_prob)
     total = cfg.total_iterations()
     lo, hi = INTENSITY["clip"]
+    log_prior = label_log_prior(sampler, cfg.seed) if cfg.loss == "bce" and cfg.prior_correction else None
 
     def checkpoint(it: int) -> None:
         states = [rng.bit_generator.state]
@@ -159,6 +205,8 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
             x = torch.from_numpy(ct).float().clamp_(lo, hi).sub_(INTENSITY["mean"]).div_(INTENSITY["std"])
             x = x[:, None].to(device)
             targets = [torch.from_numpy(a).long().to(device) for a in (lab, ke, te)]
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, it, total)
             with _autocast(cfg, device):
                 outputs = model(x)
             loss = sc_unet_loss(outputs, *targets, kind=cfg.loss, threshold=cfg.threshold,
@@ -177,8 +225,8 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
                 checkpoint(it)
             if it % cfg.iterations == 0 and it < total and rank == 0:
                 # a usable model after every epoch: a long run can be stopped and still used
-                save_model_file(stage_model(cfg, net, {"iterations_done": it, "loss_log": history["loss_log"]}),
-                                final_path, force=True)
+                save_model_file(stage_model(cfg, net, {"iterations_done": it, "loss_log": history["loss_log"]},
+                                            log_prior), final_path, force=True)
                 net.train()
             if stop_after is not None and it - start_it >= stop_after:
                 return ckpt_path
@@ -190,8 +238,8 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
         history["final_loss"] = history["loss_log"][-1][1] if history["loss_log"] else None
         net.eval()
         save_model_file(stage_model(cfg, net, {"train_seconds": round(history["train_seconds"], 1),
-                                                "iterations_done": it, "loss_log": history["loss_log"]}),
-                        final_path, force=True)
+                                                "iterations_done": it, "loss_log": history["loss_log"]},
+                                    log_prior), final_path, force=True)
         (out / f"{cfg.stage}_history.json").write_text(json.dumps(history) + "\n")
     if distributed:
         dist.barrier()

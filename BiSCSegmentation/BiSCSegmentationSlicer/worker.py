@@ -41,7 +41,7 @@ class Status:
     fraction: float = 0.0
     error: str = ""
     error_kind: str = ""           # exception class name (NoKidneyFound, ModelFileError, Cancelled, ...)
-    result: Optional[dict] = None  # locate: {"mask", "rois"}; segment: {"labels"}
+    result: Optional[dict] = None  # locate: {"mask", "rois"}; segment: {"labels"}; both: "backend", "seconds"
     details: str = ""              # traceback / log tail for the Python console
 
     @property
@@ -51,6 +51,13 @@ class Status:
     @property
     def text(self) -> str:
         return STAGE_TEXT.get(self.stage, self.stage)
+
+    @property
+    def ran_on(self) -> str:
+        """" (OpenVINO f32 on CPU, 2.1 s)"-style suffix for the status line; empty before a result."""
+        r = self.result or {}
+        parts = [str(r[k]) if k == "backend" else f"{r[k]:.1f} s" for k in ("backend", "seconds") if r.get(k)]
+        return f" ({', '.join(parts)})" if parts else ""
 
 
 def make_request(task: str, model: dict, device: str = "auto", mirror: bool = False,
@@ -75,10 +82,15 @@ def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -
                                  min_component_ml=float(request.get("min_component_ml", 10.0)))
     if request["task"] == "locate":
         rough_result = predictor.locate(ct)
-        return {"mask": np.asarray(rough_result.mask.array).astype(np.uint8), "rois": list(rough_result.rois)}
-    rois = [KidneyROI(r["center"], r["size"], r.get("side", "unknown")) for r in request["rois"]]
-    labels = predictor.segment(ct, rois)
-    return {"labels": np.asarray(labels.array).astype(np.uint8)}
+        result = {"mask": np.asarray(rough_result.mask.array).astype(np.uint8), "rois": list(rough_result.rois)}
+    else:
+        rois = [KidneyROI(r["center"], r["size"], r.get("side", "unknown")) for r in request["rois"]]
+        labels = predictor.segment(ct, rois)
+        result = {"labels": np.asarray(labels.array).astype(np.uint8)}
+    # shown to the user: which backend ran (e.g. "OpenVINO f32 on CPU" or the torch fallback) and how long
+    result["backend"] = predictor.backend_name
+    result["seconds"] = round(sum(predictor.timings.values()), 2)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ thread
@@ -198,6 +210,7 @@ class ProcessJob:
             if "rois" in meta:
                 from BiSCSegmentationLib.roi import KidneyROI
                 result["rois"] = [KidneyROI(r["center"], r["size"], r["side"]) for r in meta["rois"]]
+            result.update({k: meta[k] for k in ("backend", "seconds") if k in meta})
             return Status(state="done", stage=meta.get("stage", ""), fraction=1.0, result=result)
         if self._kill_at is not None:
             return Status(state="cancelled", error="cancelled", error_kind="Cancelled")
@@ -270,7 +283,7 @@ def main(argv=None) -> int:
         return 1
     arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
     np.savez_compressed(os.path.join(jobdir, "result.npz"), **arrays)
-    meta = {"stage": request["task"]}
+    meta = {"stage": request["task"], "backend": result.get("backend", ""), "seconds": result.get("seconds")}
     if "rois" in result:
         meta["rois"] = [r.to_dict() for r in result["rois"]]
     _write_json(os.path.join(jobdir, "result.json"), meta)

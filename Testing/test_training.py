@@ -173,35 +173,63 @@ def test_evaluate_with_two_worker_processes_gives_the_same_report(kits_like, tmp
     assert main(common + ["--out", str(tmp_path / "two"), "--workers", "2"]) == 2  # never overwrites
 
 
-def test_eq1_models_carry_the_prior_correction_and_the_command_gives_the_same_file(kits_like, tmp_path):
+def test_eq1_models_carry_the_scaled_prior_correction_and_the_command_gives_the_same_file(kits_like, tmp_path):
     from bisc_training.cli import main
-    from bisc_training.train import label_log_prior
     root, cases, cache = kits_like
     corrected = load_model_file(train(small_config(cache, tmp_path / "on", cases, loss="bce")))
     plain = train(small_config(cache, tmp_path / "off", cases, loss="bce", prior_correction=False))
-    prior = corrected.training["label_log_prior"]
+    t = corrected.training
+    prior, scale = t["label_log_prior"], t["prior_scale"]
     assert len(prior) == 3 and prior[0] > prior[1] > prior[2]  # background > kidney > tumor voxels
     assert np.allclose(np.exp(prior).sum(), 1.0, atol=1e-4)
-    # only the label logits' bias moves, by exactly the prior; the trained network itself is untouched
+    # the scale is the calibration's best (a tie goes to the larger scale), over the training cases
+    assert 0.0 <= scale <= 1.0 and t["prior_calibration_cases"] == len(cases)
+    best = max(t["prior_scale_scores"].values())
+    assert t["prior_scale_scores"][scale] == best and all(s <= scale for s, v in t["prior_scale_scores"].items()
+                                                          if v == best)
+    # only the label logits' bias moves, by exactly scale x prior; the trained network itself is untouched
     ck = torch.load(tmp_path / "on" / "fine_checkpoint.pt", weights_only=False)["model"]
     a, b = corrected.network.state_dict(), load_model_file(plain).network.state_dict()
     bias = "label_branch.head.bias"
     assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], ck[k]) for k in a if k != bias)
-    assert torch.allclose(a[bias] - b[bias], torch.tensor(prior), atol=1e-6)
+    assert torch.allclose(a[bias] - b[bias], scale * torch.tensor(prior), atol=1e-6)
     # bisc-train prior-correct on the uncorrected file gives the same network
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": cases, "test": []}))
     args = ["prior-correct", str(plain), "--cache", str(cache), "--split", str(split)]
     assert main(args + ["-o", str(tmp_path / "fixed.pt")]) == 0
     fixed = load_model_file(tmp_path / "fixed.pt")
-    assert torch.allclose(fixed.network.state_dict()[bias], a[bias]) and fixed.training["label_log_prior"]
+    assert torch.allclose(fixed.network.state_dict()[bias], a[bias]) and fixed.training["prior_scale"] == scale
     assert main(args + ["-o", str(tmp_path / "fixed.pt")]) == 2           # never overwrites
+    # correcting a corrected file starts from the network as trained: a given scale replaces the old one
     assert main(["prior-correct", str(tmp_path / "fixed.pt"), "--cache", str(cache), "--split", str(split),
-                 "-o", str(tmp_path / "twice.pt")]) == 2                 # refuses to correct twice
+                 "--scale", "0.25", "-o", str(tmp_path / "quarter.pt")]) == 0
+    quarter = load_model_file(tmp_path / "quarter.pt")
+    assert quarter.training["prior_scale"] == 0.25 and "prior_scale_scores" not in quarter.training
+    assert torch.allclose(quarter.network.state_dict()[bias] - b[bias], 0.25 * torch.tensor(prior), atol=1e-6)
+    assert main(["prior-correct", str(tmp_path / "fixed.pt"), "--cache", str(cache), "--split", str(split),
+                 "--scale", "1.5", "-o", str(tmp_path / "bad.pt")]) == 2  # out of [0, 1]
     ce = train(small_config(cache, tmp_path / "ce", cases, loss="ce"))
     assert "label_log_prior" not in load_model_file(ce).training
     assert main(["prior-correct", str(ce), "--cache", str(cache), "--split", str(split),
                  "-o", str(tmp_path / "ce.pt")]) == 2                    # CE needs no correction
+
+
+def test_prior_scale_scores_find_the_shift_that_made_the_labels():
+    from bisc_training.calibrate import SCALES, scale_scores
+    from BiSCSegmentationLib.metrics import kits19_case_scores
+    rng = np.random.default_rng(3)
+    logp = torch.from_numpy(rng.normal(size=(3, 6, 20, 20)).astype(np.float32))
+    prior = [-0.1, -2.5, -4.0]
+    labels = (logp + 0.4 * torch.tensor(prior).view(-1, 1, 1, 1)).argmax(0).numpy().astype(np.uint8)
+    for stage in ("rough", "fine"):
+        scores = scale_scores(logp, labels, prior, stage)
+        assert scores[SCALES.index(0.4)] == 1.0 and scores.argmax() == SCALES.index(0.4)
+        # the same as argmax + the KiTS19 metric at every scale (ties: the lower class, as argmax)
+        for s, got in zip(SCALES, scores):
+            d = kits19_case_scores((logp + s * torch.tensor(prior).view(-1, 1, 1, 1)).argmax(0).numpy(), labels)
+            want = d["kidney_dice"] if stage == "rough" else (d["kidney_dice"] + d["tumor_dice"]) / 2
+            assert got == pytest.approx(want, abs=1e-12)
 
 
 def test_loss_comparison_scores_each_model_on_ground_truth_rois(kits_like, tmp_path, capsys):

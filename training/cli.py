@@ -64,6 +64,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                         "on kidney/tumor); teaches what is not kidney near the kidney")
     p.add_argument("--lr-schedule", choices=["constant", "poly"], default="constant",
                    help="constant (paper) or poly decay to 0 at the last iteration (nnU-Net)")
+    p.add_argument("--no-prior-correction", action="store_true",
+                   help="bce: write the network as trained (no log class frequencies added to its label logits)")
+    p.add_argument("--calibration-cases", type=int, default=24,
+                   help="bce: training cases that tune the prior correction's scale at the end of training")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -92,12 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, required=True, help="folder with rough.pt and fine.pt")
     p.add_argument("--out", type=Path, help="default MODELS/evaluation")
     p.add_argument("--device", default="auto")
-    p = sub.add_parser("prior-correct", help="add the training patches' log class frequencies to the label logits "
-                                             "of a model trained with Eq. 1 (done by 'stage' itself since v2)")
+    p = sub.add_parser("prior-correct", help="add the training patches' log class frequencies, scaled, to the "
+                                             "label logits of a model trained with Eq. 1 (done by 'stage' itself)")
     p.add_argument("model", type=Path, help="a rough.pt or fine.pt trained with --loss bce")
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("-o", "--out", type=Path, required=True, help="the corrected model file")
+    p.add_argument("--scale", default="auto", help="share of the correction, 0..1, or 'auto': the share with the "
+                                                   "best mean Dice on training cases (default)")
+    p.add_argument("--calibration-cases", type=int, default=24, help="training cases that tune the scale")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p = sub.add_parser("all", help="prepare, train rough and fine, evaluate on the held-out fifth")
     _add_data(p)
@@ -140,6 +147,7 @@ def cmd_stage(args, stage: str, cache: Path, split: dict, out: Path) -> Path:
                                   "z_spacing": getattr(args, "rough_z_spacing", 3.0)},
                       inference_window=STAGE_DEFAULTS[stage]["inference_window"], mirror=not args.no_mirror,
                       roi_prob=args.roi_prob if stage == "fine" else 0.0, lr_schedule=args.lr_schedule,
+                      prior_correction=not args.no_prior_correction, calibration_cases=args.calibration_cases,
                       seed=args.seed, device=args.device, amp=args.amp, threads=args.threads,
                       checkpoint_every=args.checkpoint_every,
                       command="bisc-train " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -163,24 +171,36 @@ def cmd_stage(args, stage: str, cache: Path, split: dict, out: Path) -> Path:
 
 
 def cmd_prior_correct(args) -> Path:
-    """The correction ``stage`` applies at the end of an Eq. 1 training, for a model file made without it."""
-    from .train import label_log_prior, with_prior
+    """The correction ``stage`` applies at the end of an Eq. 1 training, for a model file made without it
+    or with an older one (the file's own correction is taken off first, so the result is the same)."""
+    from .train import apply_prior, label_log_prior, with_prior
     model = load_model_file(args.model)
-    t = model.training
+    t = dict(model.training)
     if t.get("loss") != "bce":
         raise ValueError(f"{args.model}: trained with loss {t.get('loss')!r}; the correction is for Eq. 1 (bce)")
-    if "label_log_prior" in t:
-        raise ValueError(f"{args.model}: already corrected (label_log_prior {t['label_log_prior']})")
     split = json.loads(args.split.read_text())
-    sampler = D.PatchSampler(args.cache, split["train"], model.stage, t["patch_size"],
-                             tuple(model.grid.get("spacing", (0.78, 0.78, 3.0))),
-                             roi_prob=float(t.get("roi_prob", 0.0)))
-    log_prior = label_log_prior(sampler, int(t.get("seed", 0)))
-    model.network = with_prior(model.network, log_prior)
-    model.training = {**t, "label_log_prior": [round(v, 6) for v in log_prior]}
+    if "label_log_prior" in t:  # corrected before: back to the network as trained
+        old = float(t.get("prior_scale", 1.0))
+        log_prior = [float(v) for v in t["label_log_prior"]]
+        model.network = with_prior(model.network, [-old * v for v in log_prior])
+        for k in ("label_log_prior", "prior_scale", "prior_scale_scores", "prior_calibration_cases"):
+            t.pop(k, None)
+        model.training = t
+    else:
+        sampler = D.PatchSampler(args.cache, split["train"], model.stage, t["patch_size"],
+                                 tuple(model.grid.get("spacing", (0.78, 0.78, 3.0))),
+                                 roi_prob=float(t.get("roi_prob", 0.0)))
+        log_prior = label_log_prior(sampler, int(t.get("seed", 0)))
+    scale = None if args.scale == "auto" else float(args.scale)
+    if scale is not None and not 0.0 <= scale <= 1.0:
+        raise ValueError(f"--scale must be 'auto' or a number in [0, 1], got {args.scale}")
+    apply_prior(model, log_prior, args.cache, split["train"], args.calibration_cases, scale)
     save_model_file(model, args.out, force=args.force)
-    print(f"{args.out}: label logits + log class frequencies {[round(v, 3) for v in log_prior]} "
-          f"(sha256 {sha256_of(args.out)})")
+    scores = model.training.get("prior_scale_scores")
+    how = (f"tuned on {model.training['prior_calibration_cases']} training cases, mean Dice "
+           f"{scores[model.training['prior_scale']]:.3f} against {scores[1.0]:.3f} at scale 1") if scores else "as given"
+    print(f"{args.out}: label logits + {model.training['prior_scale']:g} x log class frequencies "
+          f"{[round(v, 3) for v in log_prior]} ({how}; sha256 {sha256_of(args.out)})")
     return args.out
 
 

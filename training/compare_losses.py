@@ -80,7 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows.append((name, its))
         prior = model.training.get("label_log_prior")
         if prior:  # the same network without its prior correction: Eq. 1's raw output
-            model.network = with_prior(model.network, [-v for v in prior])
+            scale = float(model.training.get("prior_scale", 1.0))
+            model.network = with_prior(model.network, [-scale * v for v in prior])
             results[name + " without prior correction"] = score_model(model, args.cache, cases)
             rows.append((name + " without prior correction", its))
     print(f"fine stage on {len(cases)} held-out cases (ground-truth ROIs), KiTS19 metric: mean (std)")

@@ -52,6 +52,7 @@ class TrainConfig:
     roi_prob: float = 0.0                        # fine: share of patches placed anywhere in the ROI region
     lr_schedule: str = "constant"                # "constant" | "poly" (nnU-Net's (1 - it/total)^0.9)
     prior_correction: bool = True                # bce: add the log class frequencies to the written model
+    calibration_cases: int = 24                  # training cases that tune the correction's scale (calibrate.py)
     seed: int = 0
     device: str = "auto"
     amp: str = "off"                             # "off" | "bf16" (CPU/GPU autocast) | "fp16" (CUDA)
@@ -120,11 +121,10 @@ def with_prior(net: SCUNet, log_prior: Optional[Sequence[float]]) -> SCUNet:
     return out
 
 
-def stage_model(cfg: TrainConfig, net: SCUNet, history: Dict, log_prior: Optional[Sequence[float]] = None
-                ) -> StageModel:
-    net = with_prior(net, log_prior)
-    if log_prior is not None:
-        history = {**history, "label_log_prior": [round(v, 6) for v in log_prior]}
+def stage_model(cfg: TrainConfig, net: SCUNet, history: Dict, log_prior: Optional[Sequence[float]] = None,
+                calibration_cases: Optional[int] = None) -> StageModel:
+    """The model file's content. With ``log_prior`` (Eq. 1 models) the label logits carry ``scale *
+    log_prior``, the scale tuned on ``calibration_cases`` training cases (default: the config's)."""
     grid = dict(cfg.rough_grid) if cfg.stage == "rough" else {"spacing": list(cfg.fine_spacing)}
     model = StageModel(cfg.stage, net.config, grid, dict(INTENSITY), tuple(cfg.inference_window),
                        training={"command": cfg.command, "loss": cfg.loss, "threshold": cfg.threshold,
@@ -132,7 +132,26 @@ def stage_model(cfg: TrainConfig, net: SCUNet, history: Dict, log_prior: Optiona
                                  "batch_size": cfg.batch_size, "lr": cfg.lr, "patch_size": cfg.patch_size,
                                  "seed": cfg.seed, "amp": cfg.amp,
                                  "roi_prob": cfg.roi_prob, "lr_schedule": cfg.lr_schedule, "cases": len(cfg.cases), **history})
-    model.network = net
+    model.network = copy.deepcopy(net).cpu().eval()
+    if log_prior is not None:
+        n = cfg.calibration_cases if calibration_cases is None else calibration_cases
+        apply_prior(model, log_prior, cfg.cache_dir, cfg.cases, n)
+    return model
+
+
+def apply_prior(model: StageModel, log_prior: Sequence[float], cache, cases: Sequence[str],
+                calibration_cases: int = 24, scale: Optional[float] = None) -> StageModel:
+    """Add ``scale * log_prior`` to an uncorrected model's label logits and record both in its training
+    dict; ``scale`` None: tuned on the training cases (``calibrate.calibrate_prior_scale``)."""
+    from .calibrate import calibrate_prior_scale
+    scores = None
+    if scale is None:
+        scale, scores = calibrate_prior_scale(model, log_prior, cache, cases, max_cases=calibration_cases)
+    model.network = with_prior(model.network, [scale * v for v in log_prior])
+    model.training = {**model.training, "label_log_prior": [round(v, 6) for v in log_prior],
+                      "prior_scale": float(scale)}
+    if scores is not None:
+        model.training.update(prior_scale_scores=scores, prior_calibration_cases=min(calibration_cases, len(cases)))
     return model
 
 
@@ -167,7 +186,8 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         # what may differ on resume: where it runs, and how many epochs (to extend a finished run)
-        free = ("command", "device", "threads", "epochs", "checkpoint_every", "log_every", "out_dir")
+        free = ("command", "device", "threads", "epochs", "checkpoint_every", "log_every", "out_dir",
+                "prior_correction", "calibration_cases")
         defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
         saved = {k: v for k, v in {**defaults, **ck["config"]}.items() if k not in free}  # older files: defaults
         mine = {k: v for k, v in asdict(cfg).items() if k not in free}
@@ -225,8 +245,9 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
                 checkpoint(it)
             if it % cfg.iterations == 0 and it < total and rank == 0:
                 # a usable model after every epoch: a long run can be stopped and still used
+                # (its prior-correction scale tuned on fewer cases than the final model's, to stay quick)
                 save_model_file(stage_model(cfg, net, {"iterations_done": it, "loss_log": history["loss_log"]},
-                                            log_prior), final_path, force=True)
+                                            log_prior, max(4, cfg.calibration_cases // 4)), final_path, force=True)
                 net.train()
             if stop_after is not None and it - start_it >= stop_after:
                 return ckpt_path

@@ -248,3 +248,29 @@ def test_loss_comparison_scores_each_model_on_ground_truth_rois(kits_like, tmp_p
     scores = json.loads((tmp_path / "t1.json").read_text())
     assert set(scores) == {"bce", "bce without prior correction"} and set(scores["bce"]) == set(cases[:2])
     assert "| bce without prior correction |" in capsys.readouterr().out
+
+
+def test_rough_check_measures_the_rois_against_the_truth():
+    """The bundled rough stage on the demo's procedural phantom: both kidneys found, all of them inside the
+    ROIs; the check must agree with a direct count on an ROI that covers only half the kidney voxels."""
+    from BiSCSegmentationLib.cascade import CascadePredictor
+    from bisc_training.check_rough import check_case
+    labels = procedural_labels(0)
+    ct = synthesize_ct(labels, 0)
+    predictor = CascadePredictor.bundled(device="cpu")
+    r = check_case(predictor, ct, labels)
+    assert r["rois"] == 2 and r["inside_rois"] == 1.0 and 0.7 < r["volume_ratio"] < 1.4 and r["dice"] > 0.7
+    # a predictor whose only ROI is cut at the kidneys' median x: about half the kidney voxels inside
+    real = predictor.locate(ct)
+    pts = labels.index_to_physical(np.argwhere(np.asarray(labels.array) > 0)[:, ::-1].astype(float))
+    cut = float(np.median(pts[:, 0]))
+    lo, hi = pts.min(axis=0) - 1, pts.max(axis=0) + 1
+    from BiSCSegmentationLib.roi import KidneyROI
+    half = KidneyROI(tuple((np.array([lo[0], lo[1], lo[2]]) + np.array([cut, hi[1], hi[2]])) / 2),
+                     tuple(np.array([cut - lo[0], hi[1] - lo[1], hi[2] - lo[2]])), "right")
+
+    class HalfROI:
+        def locate(self, _ct):
+            return type(real)(real.mask, real.lowres, [half])
+
+    assert check_case(HalfROI(), ct, labels)["inside_rois"] == pytest.approx(np.mean(pts[:, 0] <= cut), abs=1e-3)

@@ -99,7 +99,8 @@ def label_log_prior(sampler: PatchSampler, seed: int = 0, patches: int = 300) ->
     Eq. 1 divides each class's loss by its size, so a network trained with it learns p(c|x) / p(c): it
     marks every voxel that is even slightly more tumor-like than usual as tumor (high recall, many false
     positives, see README). Adding log p(c) to its label logits gives back p(c|x) (logit adjustment,
-    Menon et al., ICLR 2021) while keeping the balanced training.
+    Menon et al., ICLR 2021) while keeping the balanced training; the written model carries a share of it,
+    tuned on training cases (``apply_prior``, ``calibrate.py``).
     """
     rng = np.random.default_rng([seed, 7919])
     frac = np.zeros(3)

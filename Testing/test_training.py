@@ -233,7 +233,8 @@ def test_prior_scale_scores_find_the_shift_that_made_the_labels():
 
 
 def test_loss_comparison_scores_each_model_on_ground_truth_rois(kits_like, tmp_path, capsys):
-    from bisc_training.compare_losses import main, roi_box
+    from bisc_training.compare_losses import main
+    from bisc_training.data import roi_box
     _, cases, cache = kits_like
     labels = np.zeros((40, 300, 300), np.uint8)
     labels[10:20, 100:180, 120:160] = 1

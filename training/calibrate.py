@@ -10,38 +10,22 @@ and tumor Dice for the fine stage, KiTS19 metric, fine crops sized like the casc
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from BiSCSegmentationLib.cascade import sliding_window
+from BiSCSegmentationLib.cascade import CascadePredictor, sliding_window
 from BiSCSegmentationLib.model_file import StageModel
 
-from .compare_losses import roi_box
-from .data import AIR_HU, _crop, load_case_arrays
+from .data import stage_crops
 
 SCALES = tuple(float(s) for s in np.round(np.linspace(0.0, 1.0, 21), 2))
 
 
-def case_crops(model: StageModel, cache, case: str):
-    """(ct, labels) arrays the stage sees for one cached case: the whole rough volume, or each kidney's
-    paper-sized ROI around the ground truth (as ``compare_losses`` scores the fine stage)."""
-    arrays = load_case_arrays(Path(cache) / case, model.stage)
-    for p in sorted({k.split("_")[0] for k in arrays}):
-        ct, labels = np.asarray(arrays[f"{p}_ct"]), np.asarray(arrays[f"{p}_labels"])
-        if model.stage == "fine":
-            start, size = roi_box(labels, tuple(model.fine_spacing[::-1]))
-            ct, labels = _crop(ct, start, size, AIR_HU), _crop(labels, start, size, 0)
-        yield ct, labels
-
-
 def log_probabilities(model: StageModel, ct: np.ndarray) -> torch.Tensor:
     """log softmax of the label branch (C, Z, Y, X), by the cascade's own sliding window, on CPU."""
-    lo, hi = (float(v) for v in model.intensity["clip"])
-    x = torch.from_numpy(ct.astype(np.float32)).clamp_(lo, hi)
-    x = (x - float(model.intensity["mean"])) / float(model.intensity["std"])
+    x = CascadePredictor._normalise(torch.from_numpy(ct.astype(np.float32)), model)
     with torch.no_grad():
         probs = sliding_window(model, x, torch.device("cpu"), False, lambda f: None)
     return probs.clamp_min_(1e-12).log_()
@@ -57,7 +41,7 @@ def scale_scores(logp: torch.Tensor, labels: np.ndarray, log_prior: Sequence[flo
     """The stage's score for each scale on one case: argmax(logp + scale * log_prior) against the labels.
 
     Decided from logit differences (as argmax does, the lower class wins a tie): a voxel is kidney or
-    tumor when either beats background, tumor when it also beats kidney. ~20x faster than argmax per scale.
+    tumor when either beats background, tumor when it also beats kidney. Measured per crop: 7x (fine) to 20x (rough) faster than argmax.
     """
     d1, d2 = (logp[1] - logp[0]).flatten(), (logp[2] - logp[0]).flatten()
     p = [float(v) for v in log_prior]
@@ -88,7 +72,7 @@ def calibrate_prior_scale(model: StageModel, log_prior: Sequence[float], cache, 
     model.network.eval()
     total, n = np.zeros(len(scales)), 0
     for k, case in enumerate(picks):
-        for ct, labels in case_crops(model, cache, case):
+        for ct, labels in stage_crops(model, cache, case):
             if not (labels > 0).any():
                 continue
             total += scale_scores(log_probabilities(model, ct), labels, log_prior, model.stage, scales)
@@ -102,4 +86,4 @@ def calibrate_prior_scale(model: StageModel, log_prior: Sequence[float], cache, 
     return float(scales[best]), {float(s): round(float(m), 4) for s, m in zip(scales, mean)}
 
 
-__all__ = ["SCALES", "calibrate_prior_scale", "scale_scores", "log_probabilities", "case_crops"]
+__all__ = ["SCALES", "calibrate_prior_scale", "scale_scores", "log_probabilities"]

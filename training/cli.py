@@ -173,20 +173,14 @@ def cmd_stage(args, stage: str, cache: Path, split: dict, out: Path) -> Path:
 def cmd_prior_correct(args) -> Path:
     """The correction ``stage`` applies at the end of an Eq. 1 training, for a model file made without it
     or with an older one (the file's own correction is taken off first, so the result is the same)."""
-    from .train import apply_prior, label_log_prior, with_prior
+    from .train import apply_prior, label_log_prior, without_prior
     model = load_model_file(args.model)
-    t = dict(model.training)
+    t = model.training
     if t.get("loss") != "bce":
         raise ValueError(f"{args.model}: trained with loss {t.get('loss')!r}; the correction is for Eq. 1 (bce)")
     split = json.loads(args.split.read_text())
-    if "label_log_prior" in t:  # corrected before: back to the network as trained
-        old = float(t.get("prior_scale", 1.0))
-        log_prior = [float(v) for v in t["label_log_prior"]]
-        model.network = with_prior(model.network, [-old * v for v in log_prior])
-        for k in ("label_log_prior", "prior_scale", "prior_scale_scores", "prior_calibration_cases"):
-            t.pop(k, None)
-        model.training = t
-    else:
+    log_prior = without_prior(model)  # corrected before: back to the network as trained
+    if log_prior is None:
         sampler = D.PatchSampler(args.cache, split["train"], model.stage, t["patch_size"],
                                  tuple(model.grid.get("spacing", (0.78, 0.78, 3.0))),
                                  roi_prob=float(t.get("roi_prob", 0.0)))

@@ -16,48 +16,22 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
-from scipy import ndimage
 
-from BiSCSegmentationLib.cascade import sliding_window
 from BiSCSegmentationLib.metrics import kits19_case_scores
 from BiSCSegmentationLib.model_file import load_model_file
 
-from BiSCSegmentationLib.roi import paper_roi_voxels
-
-from .data import AIR_HU, _crop, load_case_arrays
-from .train import with_prior
-
-
-def roi_box(labels: np.ndarray, spacing_zyx: Sequence[float], margin_mm=(6.0, 10.0, 10.0)) -> np.ndarray:
-    """(start, size) in voxels of the paper-sized ROI around the crop's kidney (its largest component), as
-    ``rois_from_mask`` sizes it at inference."""
-    comp, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
-    if n == 0:
-        return np.array([[0, 0, 0], list(labels.shape)])
-    biggest = 1 + int(np.argmax(np.bincount(comp.ravel())[1:]))
-    sl = ndimage.find_objects((comp == biggest).astype(np.int32))[0]
-    lo, hi = np.array([s.start for s in sl]), np.array([s.stop for s in sl])
-    extent = (hi - lo) + 2 * np.asarray(margin_mm) / np.asarray(spacing_zyx)
-    size = np.array(paper_roi_voxels(extent[::-1])[::-1])  # paper_roi_voxels takes x, y, z
-    start = np.round((lo + hi) / 2 - size / 2).astype(int)
-    return np.array([start, size])
+from .calibrate import log_probabilities
+from .data import stage_crops
+from .train import without_prior
 
 
 def score_model(model, cache: Path, cases: Sequence[str]) -> Dict[str, Dict[str, float]]:
-    lo, hi = (float(v) for v in model.intensity["clip"])
-    spacing_zyx = tuple(model.fine_spacing[::-1])
     per_case = {}
     for case in cases:
-        arrays = load_case_arrays(cache / case, "fine")
         pred_all, gt_all = [], []
-        for p in sorted({k.split("_")[0] for k in arrays}):
-            start, size = roi_box(np.asarray(arrays[f"{p}_labels"]), spacing_zyx)
-            ct = torch.from_numpy(_crop(arrays[f"{p}_ct"], start, size, AIR_HU).astype(np.float32))
-            x = (ct.clamp(lo, hi) - float(model.intensity["mean"])) / float(model.intensity["std"])
-            probs = sliding_window(model, x, torch.device("cpu"), False, lambda f: None)
-            pred_all.append(probs.argmax(0).numpy().ravel())
-            gt_all.append(_crop(arrays[f"{p}_labels"], start, size, 0).ravel())
+        for ct, labels in stage_crops(model, cache, case):
+            pred_all.append(log_probabilities(model, ct).argmax(0).numpy().ravel())
+            gt_all.append(labels.ravel())
         # all crops of a case together: one score per case, as the KiTS19 metric has it
         per_case[case] = kits19_case_scores(np.concatenate(pred_all)[None, None], np.concatenate(gt_all)[None, None])
     return per_case
@@ -78,10 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         its = model.training.get("iterations_done")
         results[name] = score_model(model, args.cache, cases)
         rows.append((name, its))
-        prior = model.training.get("label_log_prior")
-        if prior:  # the same network without its prior correction: Eq. 1's raw output
-            scale = float(model.training.get("prior_scale", 1.0))
-            model.network = with_prior(model.network, [-scale * v for v in prior])
+        if without_prior(model) is not None:  # the same network without its correction: Eq. 1's raw output
             results[name + " without prior correction"] = score_model(model, args.cache, cases)
             rows.append((name + " without prior correction", its))
     print(f"fine stage on {len(cases)} held-out cases (ground-truth ROIs), KiTS19 metric: mean (std)")

@@ -16,13 +16,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
 
 from BiSCSegmentationLib.losses import kidney_and_tumor_edges
 from BiSCSegmentationLib.cascade import rough_grid
+from BiSCSegmentationLib.roi import paper_roi_voxels
 from BiSCSegmentationLib.resample import AxisMap, resample_linear, resample_nearest, spacing_map
 from BiSCSegmentationLib.volume import Volume, read_volume, to_canonical
 
@@ -260,6 +261,33 @@ class PatchSampler:
     def batch(self, rng: np.random.Generator, size: int):
         samples = [self.sample(rng) for _ in range(size)]
         return [np.stack([s[i] for s in samples]) for i in range(4)]
+
+
+def roi_box(labels: np.ndarray, spacing_zyx: Sequence[float], margin_mm=(6.0, 10.0, 10.0)) -> np.ndarray:
+    """(start, size) in voxels of the paper-sized ROI around the crop's kidney (its largest component), as
+    ``rois_from_mask`` sizes it at inference."""
+    comp, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return np.array([[0, 0, 0], list(labels.shape)])
+    biggest = 1 + int(np.argmax(np.bincount(comp.ravel())[1:]))
+    sl = ndimage.find_objects((comp == biggest).astype(np.int32))[0]
+    lo, hi = np.array([s.start for s in sl]), np.array([s.stop for s in sl])
+    extent = (hi - lo) + 2 * np.asarray(margin_mm) / np.asarray(spacing_zyx)
+    size = np.array(paper_roi_voxels(extent[::-1])[::-1])  # paper_roi_voxels takes x, y, z
+    start = np.round((lo + hi) / 2 - size / 2).astype(int)
+    return np.array([start, size])
+
+
+def stage_crops(model, cache_dir, case: str):
+    """(ct, labels) arrays a stage model sees for one cached case: the whole rough volume, or each kidney's
+    paper-sized ROI around the ground truth (a perfect rough stage's box; for calibration and Table 1)."""
+    arrays = load_case_arrays(Path(cache_dir) / case, model.stage)
+    for p in sorted({k.split("_")[0] for k in arrays}):
+        ct, labels = np.asarray(arrays[f"{p}_ct"]), np.asarray(arrays[f"{p}_labels"])
+        if model.stage == "fine":
+            start, size = roi_box(labels, tuple(model.fine_spacing[::-1]))
+            ct, labels = _crop(ct, start, size, AIR_HU), _crop(labels, start, size, 0)
+        yield ct, labels
 
 
 def _subsample(points: np.ndarray, rng: np.random.Generator, keep: int = 20000) -> np.ndarray:

@@ -140,6 +140,21 @@ def stage_model(cfg: TrainConfig, net: SCUNet, history: Dict, log_prior: Optiona
     return model
 
 
+PRIOR_KEYS = ("label_log_prior", "prior_scale", "prior_scale_scores", "prior_calibration_cases")
+
+
+def without_prior(model: StageModel) -> Optional[List[float]]:
+    """Take a model's own prior correction off (the network as trained) and drop its record; returns the
+    log prior it carried (None if it had none)."""
+    t = dict(model.training)
+    if "label_log_prior" not in t:
+        return None
+    log_prior = [float(v) for v in t["label_log_prior"]]
+    model.network = with_prior(model.network, [-float(t.get("prior_scale", 1.0)) * v for v in log_prior])
+    model.training = {k: v for k, v in t.items() if k not in PRIOR_KEYS}
+    return log_prior
+
+
 def apply_prior(model: StageModel, log_prior: Sequence[float], cache, cases: Sequence[str],
                 calibration_cases: int = 24, scale: Optional[float] = None) -> StageModel:
     """Add ``scale * log_prior`` to an uncorrected model's label logits and record both in its training

@@ -151,6 +151,41 @@ def test_roi_at_the_border_is_padded_and_big_kidney_grows_the_roi():
     assert all(m.n_out % 8 == 0 for m in grid)
 
 
+def test_islands_in_an_roi_are_removed_and_the_kidney_kept_voxel_for_voxel():
+    labels = Volume(two_kidney_labels((24, 64, 64)), (1.5, 1.5, 1.5))
+    truth = labels.array.copy()
+    noisy = truth.copy()
+    noisy[2:4, 4:6, 30:32] = 2      # a tumor-like speck far from both kidneys (bowel, a vessel ...)
+    noisy[20:22, 58:60, 4:6] = 1
+    ct = labels.with_array(encode(noisy))
+    rough, fine = oracle_models((1.5, 1.5, 1.5))
+    roi = KidneyROI(labels.index_to_physical([31.5, 31.5, 11.5]), (96, 96, 36), "both")  # the whole image
+    out = CascadePredictor(rough, fine, device="cpu").segment(ct, [roi]).array
+    assert np.array_equal(out, truth)
+    kept = CascadePredictor(rough, fine, device="cpu", keep_largest=False).segment(ct, [roi]).array
+    assert np.array_equal(kept, noisy)
+
+
+def test_two_channel_labels_match_the_argmax_of_three_probabilities():
+    from BiSCSegmentationLib.cascade import label_argmax, label_from_differences
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(3, 6, 7, 8, generator=g) * 3, dim=0)
+    probs[:, 0, 0, :3] = torch.tensor([[0.4, 0.4, 0.2], [0.3, 0.35, 0.35], [1 / 3, 1 / 3, 1 / 3]]).T  # ties
+    assert np.array_equal(label_from_differences(probs[1:] - probs[:1]), label_argmax(probs))
+
+
+def test_resampling_a_backwards_view_equals_resampling_its_copy():
+    from BiSCSegmentationLib.cascade import resample_view
+    from BiSCSegmentationLib.resample import AxisMap, covering_map
+    a = np.random.default_rng(0).integers(-1000, 1000, (20, 40, 36)).astype(np.int16)
+    view = a[:, ::-1, ::-1]   # how a canonical view of a NIfTI-ordered CT runs
+    for maps in ([covering_map(20, 7), covering_map(40, 16), covering_map(36, 9)],
+                 [AxisMap(10, 3.0, 1.0), AxisMap(30, 2.0, 1.0), covering_map(36, 12)],  # copies and a shrink
+                 [AxisMap(8, -2.0, 2.5), AxisMap(16, 5.5, 1.7), AxisMap(20, -3.0, 2.0)]):  # partly outside
+        ref = resample_view(np.ascontiguousarray(view), maps, fill=-1024.0)
+        assert torch.allclose(resample_view(view, maps, fill=-1024.0), ref, atol=1e-3)
+
+
 def test_roi_json_round_trip_and_errors(tmp_path):
     rois = [KidneyROI((1, 2, 3), (100, 110, 120), "right"), KidneyROI((-1, 2, 3), (90, 90, 96), "left")]
     path = save_rois(rois, tmp_path / "rois.json")

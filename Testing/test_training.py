@@ -101,6 +101,31 @@ def test_checkpoints_from_before_a_setting_existed_resume_with_its_default(kits_
     assert train(replace(cfg, out_dir=str(moved), epochs=3)).parent == moved
 
 
+def test_warm_start_begins_from_a_model_files_network_as_trained(kits_like, tmp_path):
+    _, cases, cache = kits_like
+    from BiSCSegmentationLib.model_file import save_model_file
+    from bisc_training.train import apply_prior
+    plain = load_model_file(train(replace(small_config(cache, tmp_path / "a", cases, loss="bce",
+                                                       prior_correction=False), epochs=1)))
+    save_model_file(apply_prior(plain, [-0.1, -2.5, -3.2], cache, cases, scale=0.5), tmp_path / "first.pt")
+    first = load_model_file(tmp_path / "first.pt")  # its label bias carries a correction
+    # zero iterations: the weights the run starts from are what it writes
+    cfg = replace(small_config(cache, tmp_path / "b", cases, loss="bce", init_from=str(first.path),
+                               prior_correction=False), epochs=0)
+    started = load_model_file(train(cfg))
+    ck = torch.load(tmp_path / "a" / "fine_checkpoint.pt", weights_only=False)["model"]
+    b, bias = started.network.state_dict(), "label_branch.head.bias"
+    assert all(torch.equal(b[k], ck[k]) for k in b if k != bias)
+    assert torch.allclose(b[bias], ck[bias], atol=1e-6)  # the network as trained: correction taken off
+    assert started.training["init_from"]["sha256"] == first.sha256
+    # it then trains on from there, and resumes like any run
+    more = small_config(cache, tmp_path / "c", cases, loss="bce", init_from=str(first.path), prior_correction=False)
+    train(more, stop_after=2)
+    assert load_model_file(train(more)).training["iterations_done"] == 6
+    with pytest.raises(ValueError, match="differs from this run"):
+        train(replace(small_config(cache, tmp_path / "d", cases, init_from=str(first.path)), widths=[8, 8, 16, 32]))
+
+
 def test_poly_learning_rate_decays_to_zero():
     from bisc_training.train import learning_rate
     cfg = TrainConfig(stage="fine", cache_dir="", out_dir="", lr=1e-3, lr_schedule="poly")

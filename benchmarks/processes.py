@@ -16,6 +16,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from BiSCSegmentationLib import backends as B
 from BiSCSegmentationLib.cascade import CascadePredictor
 from BiSCSegmentationLib.model_file import load_model_file
 from BiSCSegmentationLib.network import SCUNet, SCUNetConfig
@@ -144,7 +145,9 @@ def training_throughput(widths=(8, 16, 32, 64), patch=(32, 96, 96), batch=2, ste
     lab = torch.randint(0, 3, (batch, *patch))
     ke, te = torch.randint(0, 2, (batch, *patch)), torch.randint(0, 2, (batch, *patch))
     out = {}
-    for amp in ("fp32", "bf16"):
+    if not B.cpu_has_fast_bf16():  # scalar bf16 fallback: minutes per step, and no use for training here
+        out["bf16"] = None
+    for amp in ("fp32", "bf16") if "bf16" not in out else ("fp32",):
         times = []
         for i in range(steps + 1):
             t = time.perf_counter()
@@ -158,6 +161,6 @@ def training_throughput(widths=(8, 16, 32, 64), patch=(32, 96, 96), batch=2, ste
             if i:
                 times.append(time.perf_counter() - t)
         out[amp] = 3600.0 / statistics.median(times)
-    out["speedup"] = out["bf16"] / out["fp32"]
+    out["speedup"] = out["bf16"] / out["fp32"] if out["bf16"] else None
     out["setup"] = f"widths {list(widths)}, batch {batch}, patch {list(patch)}, {torch.get_num_threads()} thread(s)"
     return out

@@ -35,7 +35,8 @@ def markdown(res: Dict) -> str:
     if m.get("fma_1thread", {}).get("f32"):
         lines.append(f"| FP32 FMA kernel, 1 thread | {m['fma_1thread']['f32']:.0f} |")
     lines += [f"| torch.mm fp32 2048^2 | {m['gemm_f32']:.0f} (1 thread: {m['gemm_f32_1thread']:.0f}) |",
-              f"| torch.mm bf16 2048^2 | {m['gemm_bf16']:.0f} (1 thread: {m['gemm_bf16_1thread']:.0f}) |",
+              (f"| torch.mm bf16 2048^2 | {m['gemm_bf16']:.0f} (1 thread: {m['gemm_bf16_1thread']:.0f}) |"
+               if m["gemm_bf16"] else "| torch.mm bf16 2048^2 | not measured: no bf16 instructions (AVX512-BF16/AMX) |"),
               "", f"% of peak below: fp32 against {m['peak']['f32']:.0f}, bf16 against {m['peak']['bf16']:.0f} GFLOP/s "
               "(the best of the bf16 kernel and the bf16 GEMM, which uses AMX where present).", ""]
     c = res["case"]
@@ -124,8 +125,10 @@ def markdown(res: Dict) -> str:
         lines += ["", f"({cli['note']}; wall time includes Python start and imports.)", ""]
     tr = res.get("training")
     if tr:
-        lines += ["## CPU training throughput", "", f"{tr['setup']}: fp32 {tr['fp32']:.0f} steps/hour, bf16 autocast "
-                  f"{tr['bf16']:.0f} steps/hour (**{tr['speedup']:.2f}x**).", ""]
+        bf16 = (f"bf16 autocast {tr['bf16']:.0f} steps/hour (**{tr['speedup']:.2f}x**)" if tr.get("bf16") else
+                "bf16 autocast not measured: this CPU has no bfloat16 instructions, and PyTorch's fallback takes "
+                "minutes per step (use --amp off here)")
+        lines += ["## CPU training throughput", "", f"{tr['setup']}: fp32 {tr['fp32']:.0f} steps/hour, {bf16}.", ""]
     lines += ["## Peers (published CPU figures, other machines)", "", "| tool | time per CT |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in PEERS]
     return "\n".join(lines) + "\n"

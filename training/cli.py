@@ -73,6 +73,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--init-from", type=Path, default=None, metavar="MODEL.pt",
+                   help="start from this model file's weights (same widths/norm; its prior correction is taken "
+                        "off) instead of random ones, e.g. to train a bundled model further")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +153,7 @@ def cmd_stage(args, stage: str, cache: Path, split: dict, out: Path) -> Path:
                       prior_correction=not args.no_prior_correction, calibration_cases=args.calibration_cases,
                       seed=args.seed, device=args.device, amp=args.amp, threads=args.threads,
                       checkpoint_every=args.checkpoint_every,
+                      init_from=str(args.init_from) if getattr(args, "init_from", None) else "",
                       command="bisc-train " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     bar = tqdm(total=cfg.total_iterations(), desc=f"train {stage}", unit="it")
 

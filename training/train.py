@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -59,6 +60,7 @@ class TrainConfig:
     threads: int = 0                             # torch threads per process (0: torch's default)
     checkpoint_every: int = 200                  # iterations
     log_every: int = 20
+    init_from: str = ""                          # a model file whose weights start the run (warm start)
     command: str = ""
 
     def total_iterations(self) -> int:
@@ -171,6 +173,21 @@ def apply_prior(model: StageModel, log_prior: Sequence[float], cache, cases: Seq
     return model
 
 
+def warm_start(net: SCUNet, cfg: TrainConfig) -> Dict:
+    """Load the weights of the model file ``cfg.init_from`` into ``net`` (the network as trained: a prior
+    correction the file carries is taken off first), e.g. to train a bundled model further after its
+    checkpoint is gone. The optimizer starts afresh. Returns what is recorded in the new model file."""
+    from BiSCSegmentationLib.model_file import load_model_file, sha256_of
+    model = load_model_file(cfg.init_from, stage=cfg.stage)
+    if model.config.to_dict() != net.config.to_dict():
+        raise ValueError(f"{cfg.init_from}: its network ({model.config.to_dict()}) differs from this run's "
+                         f"({net.config.to_dict()}); give the same --widths and --norm")
+    without_prior(model)
+    net.load_state_dict(model.network.state_dict())
+    return {"path": str(cfg.init_from), "sha256": sha256_of(cfg.init_from),
+            "iterations_done": model.training.get("iterations_done")}
+
+
 def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]] = None,
           stop_after: Optional[int] = None) -> Path:
     """Train (or resume) one stage; returns the path of the final model file.
@@ -189,6 +206,11 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.amp == "bf16" and device.type == "cpu" and rank == 0:
+        from BiSCSegmentationLib.backends import cpu_has_fast_bf16
+        if not cpu_has_fast_bf16():
+            warnings.warn("--amp bf16 on a CPU without bfloat16 instructions (AVX512-BF16 or AMX): each step runs "
+                          "many times slower than float32 here (measured 20x+ on an AVX2 AMD EPYC); use --amp off")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / f"{cfg.stage}_checkpoint.pt"
@@ -199,6 +221,8 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     rng = np.random.default_rng([cfg.seed, rank])
     start_it, history = 0, {"loss_log": []}
+    if cfg.init_from and not ckpt_path.is_file():
+        history["init_from"] = warm_start(net, cfg)
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         # what may differ on resume: where it runs, and how many epochs (to extend a finished run)
@@ -232,6 +256,7 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
             _save_atomic({"config": asdict(cfg), "model": net.state_dict(), "optimizer": opt.state_dict(),
                           "iteration": it, "history": history, "rng": states}, ckpt_path)
 
+    warm = {"init_from": history["init_from"]} if "init_from" in history else {}  # recorded in the model file
     net.train()
     t0, running = time.perf_counter(), []
     it = start_it
@@ -262,7 +287,8 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
             if it % cfg.iterations == 0 and it < total and rank == 0:
                 # a usable model after every epoch: a long run can be stopped and still used
                 # (its prior-correction scale tuned on fewer cases than the final model's, to stay quick)
-                save_model_file(stage_model(cfg, net, {"iterations_done": it, "loss_log": history["loss_log"]},
+                save_model_file(stage_model(cfg, net, {"iterations_done": it, "loss_log": history["loss_log"],
+                                                       **warm},
                                             log_prior, max(4, cfg.calibration_cases // 4)), final_path, force=True)
                 net.train()
             if stop_after is not None and it - start_it >= stop_after:
@@ -275,7 +301,7 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
         history["final_loss"] = history["loss_log"][-1][1] if history["loss_log"] else None
         net.eval()
         save_model_file(stage_model(cfg, net, {"train_seconds": round(history["train_seconds"], 1),
-                                                "iterations_done": it, "loss_log": history["loss_log"]},
+                                                "iterations_done": it, "loss_log": history["loss_log"], **warm},
                                     log_prior), final_path, force=True)
         (out / f"{cfg.stage}_history.json").write_text(json.dumps(history) + "\n")
     if distributed:

@@ -21,10 +21,13 @@
 #   v4  rough continued from 3500 to 4500; fine continued from 6000 to 7500 (--epochs 30; iterations
 #       6000-6200 ran first with --epochs 34, a slightly different poly lr, before that run was restarted).
 #       Scales tuned at the end of training (the code does it itself since v4; prior-correct gives the same).
+# --amp bf16 needs bfloat16 instructions (AVX512-BF16 or AMX: the Intel Xeon these ran on had both). On a CPU
+# without them (e.g. an AVX2-only AMD EPYC) PyTorch's bf16 falls back to scalar code, many times slower than
+# float32: set AMP=off there (the runs are then not bit-identical to the bundled ones).
 set -euo pipefail
 OUT=${OUT:-runs}
 KITS=${KITS:-../shared/data/kits19}
-COMMON="--widths 8,16,32,64 --batch-size 2 --lr 1e-3 --amp bf16 --threads 1"
+COMMON="--widths 8,16,32,64 --batch-size 2 --lr 1e-3 --amp ${AMP:-bf16} --threads 1"
 ROUGH="--iterations 500 --rough-patch-size 32,128,128"
 FINE="--iterations 250 --lr-schedule poly --fine-patch-size 32,96,96 --roi-prob 0.33"
 

@@ -144,10 +144,9 @@ def training_throughput(widths=(8, 16, 32, 64), patch=(32, 96, 96), batch=2, ste
     x = torch.randn(batch, 1, *patch)
     lab = torch.randint(0, 3, (batch, *patch))
     ke, te = torch.randint(0, 2, (batch, *patch)), torch.randint(0, 2, (batch, *patch))
-    out = {}
-    if not B.cpu_has_fast_bf16():  # scalar bf16 fallback: minutes per step, and no use for training here
-        out["bf16"] = None
-    for amp in ("fp32", "bf16") if "bf16" not in out else ("fp32",):
+    out = {"bf16": None}
+    # without bf16 instructions PyTorch's bf16 is a scalar fallback: minutes per step, of no use for training
+    for amp in ("fp32", "bf16") if B.cpu_has_fast_bf16() else ("fp32",):
         times = []
         for i in range(steps + 1):
             t = time.perf_counter()

@@ -177,14 +177,14 @@ def warm_start(net: SCUNet, cfg: TrainConfig) -> Dict:
     """Load the weights of the model file ``cfg.init_from`` into ``net`` (the network as trained: a prior
     correction the file carries is taken off first), e.g. to train a bundled model further after its
     checkpoint is gone. The optimizer starts afresh. Returns what is recorded in the new model file."""
-    from BiSCSegmentationLib.model_file import load_model_file, sha256_of
+    from BiSCSegmentationLib.model_file import load_model_file
     model = load_model_file(cfg.init_from, stage=cfg.stage)
     if model.config.to_dict() != net.config.to_dict():
         raise ValueError(f"{cfg.init_from}: its network ({model.config.to_dict()}) differs from this run's "
                          f"({net.config.to_dict()}); give the same --widths and --norm")
     without_prior(model)
     net.load_state_dict(model.network.state_dict())
-    return {"path": str(cfg.init_from), "sha256": sha256_of(cfg.init_from),
+    return {"path": str(cfg.init_from), "sha256": model.sha256,
             "iterations_done": model.training.get("iterations_done")}
 
 

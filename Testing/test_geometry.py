@@ -75,6 +75,20 @@ def test_write_never_overwrites_without_force(tmp_path):
     assert not list(tmp_path.glob("*.part*"))  # no temporary left behind
 
 
+def test_outputs_get_the_mode_of_an_ordinary_new_file(tmp_path):
+    """Atomic writes go through a private temporary file; the output must not stay owner-only."""
+    import os
+    from BiSCSegmentationLib.roi import KidneyROI, save_rois
+    mask = os.umask(0o027)
+    os.umask(mask)
+    (tmp_path / "plain").write_text("x")
+    expected = (tmp_path / "plain").stat().st_mode & 0o777
+    assert expected != 0o600
+    for path in (write_volume(Volume(np.zeros((2, 2, 2), np.int16)), tmp_path / "x.nrrd"),
+                 save_rois([KidneyROI((0, 0, 0), (50, 50, 50))], tmp_path / "r.json")):
+        assert path.stat().st_mode & 0o777 == expected, path
+
+
 def test_bad_inputs_are_clear(tmp_path):
     with pytest.raises(VolumeError, match="no such file"):
         read_volume(tmp_path / "missing.nii.gz")

@@ -57,7 +57,7 @@ def test_uint16_label_maps_are_cast(tmp_path):
 def small_config(cache, out, cases, **kw):
     return TrainConfig(stage="fine", cache_dir=str(cache), out_dir=str(out), cases=cases, widths=[4, 8, 16, 32],
                        epochs=2, iterations=3, batch_size=2, patch_size=[8, 16, 16], fine_spacing=[3.0, 3.0, 4.0],
-                       inference_window=[16, 32, 32], checkpoint_every=2, threads=1, **kw)
+                       inference_window=[48, 160, 160], checkpoint_every=2, threads=1, **kw)
 
 
 def test_resume_after_interruption_gives_the_same_weights(kits_like, tmp_path):
@@ -238,6 +238,24 @@ def test_eq1_models_carry_the_scaled_prior_correction_and_the_command_gives_the_
     assert "label_log_prior" not in load_model_file(ce).training
     assert main(["prior-correct", str(ce), "--cache", str(cache), "--split", str(split),
                  "-o", str(tmp_path / "ce.pt")]) == 2                    # CE needs no correction
+
+
+def test_set_window_changes_only_the_inference_window_and_records_it(tmp_path):
+    from bisc_training.cli import main
+    from BiSCSegmentationLib.model_file import save_model_file
+    from conftest import tiny_stage_models
+    _, fine = tiny_stage_models()
+    save_model_file(fine, tmp_path / "fine.pt")
+    before = load_model_file(tmp_path / "fine.pt")
+    assert main(["set-window", str(tmp_path / "fine.pt"), "--window", "16,32,48", "-o", str(tmp_path / "w.pt")]) == 0
+    after = load_model_file(tmp_path / "w.pt")
+    assert after.inference_window == (16, 32, 48) and before.inference_window == (32, 64, 64)
+    a, b = before.network.state_dict(), after.network.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert after.training["inference_window_history"] == [{"window": [32, 64, 64], "sha256": before.sha256}]
+    assert main(["set-window", str(tmp_path / "fine.pt"), "--window", "16,32,48", "-o", str(tmp_path / "w.pt")]) == 2
+    assert main(["set-window", str(tmp_path / "fine.pt"), "--window", "12,32,48", "-o", str(tmp_path / "x.pt")]) == 2
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_prior_scale_scores_find_the_shift_that_made_the_labels():

@@ -23,8 +23,11 @@ from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha
 from . import data as D
 from .train import TrainConfig, train
 
+# inference_window: the block the network is run on; a cascade ROI larger than it is covered by a Gaussian-
+# blended sliding window. The fine default, between the training patch and a whole ROI, was chosen on
+# training cases (README, "Bundled models").
 STAGE_DEFAULTS = {"rough": {"patch_size": [48, 128, 128], "inference_window": [128, 128, 128]},
-                  "fine": {"patch_size": [48, 160, 160], "inference_window": [96, 192, 192]}}
+                  "fine": {"patch_size": [48, 160, 160], "inference_window": [48, 128, 128]}}
 
 
 def _ints(text: str) -> List[int]:
@@ -73,6 +76,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--inference-window", type=_ints, default=None, metavar="Z,Y,X",
+                   help="block the written model is run on at inference (default: rough 128,128,128, fine "
+                        "48,128,128); change it later with 'bisc-train set-window'")
     p.add_argument("--init-from", type=Path, default=None, metavar="MODEL.pt",
                    help="start from this model file's weights (same widths/norm; its prior correction is taken "
                         "off) instead of random ones, e.g. to train a bundled model further")
@@ -108,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="auto", help="share of the correction, 0..1, or 'auto': the share with the "
                                                    "best mean Dice on training cases (default)")
     p.add_argument("--calibration-cases", type=int, default=24, help="training cases that tune the scale")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p = sub.add_parser("set-window", help="write a copy of a model file that is run on other blocks at "
+                                          "inference (same weights; recorded in the file)")
+    p.add_argument("model", type=Path, help="a rough.pt or fine.pt")
+    p.add_argument("--window", type=_ints, required=True, metavar="Z,Y,X",
+                   help="block size in voxels, each a multiple of the network's divisor")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the new model file")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p = sub.add_parser("all", help="prepare, train rough and fine, evaluate on the held-out fifth")
     _add_data(p)
@@ -148,7 +161,8 @@ def cmd_stage(args, stage: str, cache: Path, split: dict, out: Path) -> Path:
                       patch_size=list(patch), fine_spacing=list(args.fine_spacing),
                       rough_grid={"inplane_size": getattr(args, "inplane_size", 128),
                                   "z_spacing": getattr(args, "rough_z_spacing", 3.0)},
-                      inference_window=STAGE_DEFAULTS[stage]["inference_window"], mirror=not args.no_mirror,
+                      inference_window=list(getattr(args, "inference_window", None)
+                                            or STAGE_DEFAULTS[stage]["inference_window"]), mirror=not args.no_mirror,
                       roi_prob=args.roi_prob if stage == "fine" else 0.0, lr_schedule=args.lr_schedule,
                       prior_correction=not args.no_prior_correction, calibration_cases=args.calibration_cases,
                       seed=args.seed, device=args.device, amp=args.amp, threads=args.threads,
@@ -199,6 +213,24 @@ def cmd_prior_correct(args) -> Path:
            f"{scores[model.training['prior_scale']]:.3f} against {scores[1.0]:.3f} at scale 1") if scores else "as given"
     print(f"{args.out}: label logits + {model.training['prior_scale']:g} x log class frequencies "
           f"{[round(v, 3) for v in log_prior]} ({how}; sha256 {sha256_of(args.out)})")
+    return args.out
+
+
+def cmd_set_window(args) -> Path:
+    """The same network run on other blocks: the window is part of how a model is used, so it lives in the
+    file (and changes its SHA-256); the previous windows are kept in the training record."""
+    model = load_model_file(args.model)
+    window = tuple(int(w) for w in args.window)
+    div = model.config.divisor
+    if len(window) != 3 or any(w <= 0 or w % div for w in window):
+        raise ValueError(f"--window must be three positive multiples of {div} (z,y,x), got {args.window}")
+    history = list(model.training.get("inference_window_history", []))
+    history.append({"window": list(model.inference_window), "sha256": model.sha256})
+    model.inference_window = window
+    model.training = {**model.training, "inference_window_history": history}
+    save_model_file(model, args.out, force=args.force)
+    print(f"{args.out}: {model.stage} model run on {'x'.join(map(str, window))} blocks (was "
+          f"{'x'.join(map(str, history[-1]['window']))}); sha256 {sha256_of(args.out)}")
     return args.out
 
 
@@ -271,6 +303,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cmd_stage(args, args.stage, args.cache, json.loads(split_path.read_text()), args.out)
         elif args.command == "prior-correct":
             cmd_prior_correct(args)
+        elif args.command == "set-window":
+            cmd_set_window(args)
         elif args.command == "evaluate":
             cmd_evaluate(args, json.loads(args.split.read_text()), args.models, args.out or args.models / "evaluation")
         else:

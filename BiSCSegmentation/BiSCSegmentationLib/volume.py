@@ -227,6 +227,21 @@ def read_volume(path: PathLike) -> Volume:
     return from_sitk(image)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # read once, at import (no other thread is writing files yet)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def make_readable_like_new_file(tmp) -> None:
+    """Give a ``mkstemp`` file (always 0600) the mode an ordinary new file gets (0666 minus the umask), so
+    an output written atomically can be read by the colleagues who can read the folder."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+
+
 def atomic_target(path: Path, force: bool) -> Path:
     """Check that ``path`` may be written; returns a temporary sibling with the same suffix to write first."""
     path = Path(path)
@@ -236,6 +251,7 @@ def atomic_target(path: Path, force: bool) -> Path:
     suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part" + suffix, dir=path.parent)
     os.close(fd)
+    make_readable_like_new_file(tmp)
     return Path(tmp)
 
 

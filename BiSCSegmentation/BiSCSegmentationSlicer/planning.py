@@ -19,6 +19,8 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from BiSCSegmentationLib.volume import make_readable_like_new_file
+
 from . import terminology as term
 from .scene import SceneContext, SceneError, place_beside
 
@@ -143,6 +145,7 @@ def write_csv(rows: List[PlanningRow], path, digits: int = 2) -> str:
         raise SceneError(f"{folder}: no such folder")
     fd, tmp = tempfile.mkstemp(prefix=".planning.", suffix=".csv.part", dir=folder)
     try:
+        make_readable_like_new_file(tmp)
         with os.fdopen(fd, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(COLUMNS)

@@ -258,6 +258,27 @@ def test_set_window_changes_only_the_inference_window_and_records_it(tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_window_comparison_scores_the_cascade_with_each_window(kits_like, tmp_path, capsys):
+    from bisc_training.compare_windows import main, pick_cases
+    from BiSCSegmentationLib.model_file import save_model_file
+    from conftest import tiny_stage_models
+    root, cases, _ = kits_like
+    rough, fine = tiny_stage_models(rough_grid={"inplane_size": 32, "z_spacing": 8.0}, fine_spacing=(3.0, 3.0, 4.0))
+    save_model_file(rough, tmp_path / "rough.pt")
+    save_model_file(fine, tmp_path / "fine.pt")
+    (tmp_path / "split.json").write_text(json.dumps({"train": cases, "test": []}))
+    assert pick_cases({"train": [f"c{n}" for n in range(40)]}, "train", 4) == ["c3", "c13", "c23", "c33"]
+    args = ["--kits", str(root), "--split", str(tmp_path / "split.json"), "--models", str(tmp_path), "--n", "0",
+            "--backend", "torch", "--window", "fine=16,32,32", "--window", "fine=32,64,64", "--out", str(tmp_path / "w.json")]
+    assert main(args) == 0
+    rows = json.loads((tmp_path / "w.json").read_text())
+    assert [r["case"] for r in rows] == cases
+    assert all(len(r["fine=16x32x32"]) == 2 and len(r["fine=32x64x64"]) == 2 for r in rows)
+    assert "| fine=32x64x64 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(args[:-6] + ["--window", "middle=16,32,32"])
+
+
 def test_prior_scale_scores_find_the_shift_that_made_the_labels():
     from bisc_training.calibrate import SCALES, scale_scores
     from BiSCSegmentationLib.metrics import kits19_case_scores

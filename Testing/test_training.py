@@ -267,16 +267,17 @@ def test_window_comparison_scores_the_cascade_with_each_window(kits_like, tmp_pa
     save_model_file(rough, tmp_path / "rough.pt")
     save_model_file(fine, tmp_path / "fine.pt")
     (tmp_path / "split.json").write_text(json.dumps({"train": cases, "test": []}))
-    assert pick_cases({"train": [f"c{n}" for n in range(40)]}, "train", 4) == ["c3", "c13", "c23", "c33"]
-    args = ["--kits", str(root), "--split", str(tmp_path / "split.json"), "--models", str(tmp_path), "--n", "0",
-            "--backend", "torch", "--window", "fine=16,32,32", "--window", "fine=32,64,64", "--out", str(tmp_path / "w.json")]
+    assert pick_cases({"train": [f"c{n:02d}" for n in range(40)]}, "train", 4) == ["c03", "c13", "c23", "c33"]
+    assert pick_cases({"train": cases}, "train", 1) == ["case_00002"] and pick_cases({"test": cases}, "test", 2) == cases[:2]
+    args = ["--kits", str(root), "--split", str(tmp_path / "split.json"), "--models", str(tmp_path), "--n", "2",
+            "--backend", "torch", "--window", "fine=32,96,96", "--window", "fine=48,160,160", "--out", str(tmp_path / "w.json")]
     assert main(args) == 0
     rows = json.loads((tmp_path / "w.json").read_text())
-    assert [r["case"] for r in rows] == cases
-    assert all(len(r["fine=16x32x32"]) == 2 and len(r["fine=32x64x64"]) == 2 for r in rows)
-    assert "| fine=32x64x64 |" in capsys.readouterr().out
+    assert [r["case"] for r in rows] == cases[:2]
+    assert all(len(r["fine=32x96x96"]) == 2 and len(r["fine=48x160x160"]) == 2 for r in rows)
+    assert "| fine=48x160x160 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        main(args[:-6] + ["--window", "middle=16,32,32"])
+        main(args[:-6] + ["--window", "middle=32,96,96"])
 
 
 def test_prior_scale_scores_find_the_shift_that_made_the_labels():

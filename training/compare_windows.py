@@ -31,14 +31,15 @@ from . import data as D
 
 
 def pick_cases(split: Dict, which: str, n: int) -> List[str]:
-    """The first ``n`` held-out cases, or ``n`` training cases spread evenly over the sorted list."""
+    """The first ``n`` held-out cases, or ``n`` training cases spread evenly over the sorted list (every
+    ``len // n``-th, from the fourth or, for short lists, the last of the first step)."""
     cases = sorted(split[which])
     if not n or n >= len(cases):
         return cases
     if which == "test":
         return cases[:n]
     step = len(cases) // n
-    return cases[3::step][:n]
+    return cases[min(3, step - 1)::step][:n]
 
 
 def parse_window(text: str):

@@ -194,8 +194,16 @@ def test_evaluate_with_two_worker_processes_gives_the_same_report(kits_like, tmp
     def scores(name):
         with open(tmp_path / name / "per_case.csv") as f:
             return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in csv.DictReader(f)]
-    assert scores("one") == scores("two") and [r["case"] for r in scores("two")] == cases
+    # the same cases and scores; one process runs 2 threads, each worker 1, and a different reduction order
+    # may flip a voxel whose top-two probabilities nearly tie (random-weight networks have many)
+    one, two = scores("one"), scores("two")
+    assert [r["case"] for r in one] == [r["case"] for r in two] == cases
+    assert all(abs(float(a[k]) - float(b[k])) < 1e-4 for a, b in zip(one, two) for k in a if k != "case")
     assert main(common + ["--out", str(tmp_path / "two"), "--workers", "2"]) == 2  # never overwrites
+    # --mirror reaches the predictor (test-time mirroring itself: test_backends)
+    from bisc_training.cli import _predictor, build_parser
+    assert build_parser().parse_args(common + ["--mirror"]).mirror
+    assert _predictor(models, "cpu", True).mirror and not _predictor(models, "cpu").mirror
 
 
 def test_eq1_models_carry_the_scaled_prior_correction_and_the_command_gives_the_same_file(kits_like, tmp_path):

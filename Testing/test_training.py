@@ -248,7 +248,7 @@ def test_eq1_models_carry_the_scaled_prior_correction_and_the_command_gives_the_
                  "-o", str(tmp_path / "ce.pt")]) == 2                    # CE needs no correction
 
 
-def test_set_window_changes_only_the_inference_window_and_records_it(tmp_path):
+def test_set_window_changes_only_the_inference_window_and_records_it(tmp_path, capsys):
     from bisc_training.cli import main
     from BiSCSegmentationLib.model_file import save_model_file
     from conftest import tiny_stage_models
@@ -262,8 +262,9 @@ def test_set_window_changes_only_the_inference_window_and_records_it(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert after.training["inference_window_history"] == [{"window": [32, 64, 64], "sha256": before.sha256}]
     assert main(["set-window", str(tmp_path / "fine.pt"), "--window", "16,32,48", "-o", str(tmp_path / "w.pt")]) == 2
+    capsys.readouterr()
     assert main(["set-window", str(tmp_path / "fine.pt"), "--window", "12,32,48", "-o", str(tmp_path / "x.pt")]) == 2
-    assert not (tmp_path / "x.pt").exists()
+    assert "three positive multiples of 8" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
 def test_window_comparison_scores_the_cascade_with_each_window(kits_like, tmp_path, capsys):

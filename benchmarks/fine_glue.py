@@ -99,8 +99,9 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             [fn(a) for a in labelled]
             isl[name].append(time.perf_counter() - t)
-    same = all(np.array_equal(islands_whole_roi(a), small_components(a) if small_components(a) is not None
-                              else np.zeros(a.shape, bool)) for a in labelled)
+    boxed = [small_components(a) for a in labelled]
+    same = all(np.array_equal(islands_whole_roi(a), np.zeros(a.shape, bool) if b is None else b)
+               for a, b in zip(labelled, boxed))
     maps = rough_grid(canon, 128, 3.0)
     low = np.zeros([m.n_out for m in maps], np.uint8)
     back = [m.inverse(n) for m, n in zip(maps, canon.array.shape)]

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 
 from tqdm import tqdm
 
-from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of
+from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of, window_problem
 
 from . import data as D
 from .train import TrainConfig, train
@@ -223,9 +223,9 @@ def cmd_set_window(args) -> Path:
     file (and changes its SHA-256); the previous windows are kept in the training record."""
     model = load_model_file(args.model)
     window = tuple(int(w) for w in args.window)
-    div = model.config.divisor
-    if len(window) != 3 or any(w <= 0 or w % div for w in window):
-        raise ValueError(f"--window must be three positive multiples of {div} (z,y,x), got {args.window}")
+    problem = window_problem(window, model.config.divisor)
+    if problem:
+        raise ValueError(f"--window: {problem}")
     history = list(model.training.get("inference_window_history", []))
     history.append({"window": list(model.inference_window), "sha256": model.sha256})
     model.inference_window = window

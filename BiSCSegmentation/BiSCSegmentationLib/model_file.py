@@ -19,7 +19,7 @@ import os
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -95,6 +95,13 @@ def save_model_file(model: StageModel, path, force: bool = False) -> str:
     return sha256_of(path)
 
 
+def window_problem(window: Sequence[int], divisor: int) -> Optional[str]:
+    """What is wrong with an inference window for a network of this divisor (None: it is usable)."""
+    if len(window) != 3 or any(int(w) <= 0 or int(w) % divisor for w in window):
+        return f"inference_window must be three positive multiples of {divisor} (z, y, x), got {tuple(window)}"
+    return None
+
+
 def _require(cond: bool, path, what: str) -> None:
     if not cond:
         raise ModelFileError(f"{path}: {what}")
@@ -140,8 +147,8 @@ def load_model_file(path, expected_sha256: Optional[str] = None, stage: Optional
              f"intensity needs clip [lo, hi] and std > 0, got {inten}")
     _require(raw.get("labels") == LABELS, path, f"labels must be {LABELS}, got {raw.get('labels')}")
     window = tuple(int(w) for w in raw.get("inference_window", ()))
-    _require(len(window) == 3 and all(w > 0 and w % config.divisor == 0 for w in window), path,
-             f"inference_window must be three multiples of {config.divisor}, got {window}")
+    problem = window_problem(window, config.divisor)
+    _require(problem is None, path, problem or "")
     model = StageModel(raw["stage"], config, grid, inten, window, raw.get("training") or {}, path=path, sha256=digest)
     net = model.build()
     try:

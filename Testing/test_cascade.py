@@ -184,7 +184,8 @@ def test_islands_found_in_the_foreground_box_are_those_of_the_whole_roi():
 
 
 def test_two_channel_labels_match_the_argmax_of_three_probabilities():
-    from BiSCSegmentationLib.cascade import label_argmax, label_from_differences
+    from BiSCSegmentationLib.cascade import label_argmax
+    from BiSCSegmentationLib.decision import labels_from_differences as label_from_differences
     g = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(3, 6, 7, 8, generator=g) * 3, dim=0)
     probs[:, 0, 0, :3] = torch.tensor([[0.4, 0.4, 0.2], [0.3, 0.35, 0.35], [1 / 3, 1 / 3, 1 / 3]]).T  # ties

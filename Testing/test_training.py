@@ -289,6 +289,35 @@ def test_window_comparison_scores_the_cascade_with_each_window(kits_like, tmp_pa
         main(args[:-6] + ["--window", "middle=32,96,96"])
 
 
+def test_decision_tuning_writes_the_best_rules_it_reports(kits_like, tmp_path, capsys):
+    from bisc_training.tune_decision import main
+    from BiSCSegmentationLib.decision import ARGMAX, Decision
+    from BiSCSegmentationLib.model_file import save_model_file, sha256_of
+    from conftest import tiny_stage_models
+    root, cases, _ = kits_like
+    rough, fine = tiny_stage_models(rough_grid={"inplane_size": 32, "z_spacing": 8.0}, fine_spacing=(3.0, 3.0, 4.0))
+    save_model_file(rough, tmp_path / "rough.pt")
+    save_model_file(fine, tmp_path / "fine.pt")
+    (tmp_path / "split.json").write_text(json.dumps({"train": cases, "test": []}))
+    args = ["--kits", str(root), "--split", str(tmp_path / "split.json"), "--models", str(tmp_path), "--n", "2",
+            "--rough-foreground-bias", "2", "--foreground-bias", "0,1", "--tumor-bias", "0", "--min-tumor-ml", "0,5",
+            "--out", str(tmp_path / "t.json"), "--write", str(tmp_path / "tuned")]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert report["cases"] == sorted(cases[:2]) and report["seed_offset"] is None  # the cases' own CT
+    first, best = report["scores"][0], report["scores"][1]
+    assert first["rough"] == ARGMAX.to_dict() and first["fine"] == ARGMAX.to_dict()  # the files' own rules
+    assert len(report["scores"]) == 1 + 2 * 4 and all(len(r["per_case"]) == 2 for r in report["scores"])
+    assert best["mean"] == max((r["mean"] for r in report["scores"][1:]), key=sum)
+    tuned_rough, tuned_fine = (load_model_file(tmp_path / "tuned" / n) for n in ("rough.pt", "fine.pt"))
+    assert tuned_fine.decision == Decision(**best["fine"]) and tuned_rough.decision == Decision(**best["rough"])
+    assert tuned_fine.training["decision_tuning"]["from_sha256"] == sha256_of(tmp_path / "fine.pt")
+    if tuned_rough.decision == ARGMAX:  # the rough file's own rule won: copied byte for byte
+        assert sha256_of(tmp_path / "tuned" / "rough.pt") == sha256_of(tmp_path / "rough.pt")
+    assert "| rough rule | fine rule |" in capsys.readouterr().out
+    assert main(args) == 2 and "exists" in capsys.readouterr().err  # never overwrites without --force
+
+
 def test_prior_scale_scores_find_the_shift_that_made_the_labels():
     from bisc_training.calibrate import SCALES, scale_scores
     from BiSCSegmentationLib.metrics import kits19_case_scores
@@ -334,7 +363,8 @@ def test_rough_check_measures_the_rois_against_the_truth():
     ct = synthesize_ct(labels, 0)
     predictor = CascadePredictor.bundled(device="cpu")
     r = check_case(predictor, ct, labels)
-    assert r["rois"] == 2 and r["inside_rois"] == 1.0 and 0.7 < r["volume_ratio"] < 1.4 and r["dice"] > 0.7
+    # the bundled rough stage's decision rule leans to the foreground (larger kidneys, so larger ROIs): 1.56x here
+    assert r["rois"] == 2 and r["inside_rois"] == 1.0 and 0.7 < r["volume_ratio"] < 2.0 and r["dice"] > 0.7
     # a predictor whose only ROI is cut at the kidneys' median x: about half the kidney voxels inside
     real = predictor.locate(ct)
     pts = labels.index_to_physical(np.argwhere(np.asarray(labels.array) > 0)[:, ::-1].astype(float))

@@ -29,8 +29,8 @@ import torch
 from scipy import ndimage
 
 from BiSCSegmentationLib.cascade import (AIR_HU, CascadePredictor, canonical_view, fine_grid, label_argmax,
-                                         label_from_differences, nearest_to_stored, resample_view, rough_grid,
-                                         small_components)
+                                         nearest_to_stored, resample_view, rough_grid, small_components)
+from BiSCSegmentationLib.decision import labels_from_differences as label_from_differences
 from BiSCSegmentationLib.model_file import default_cache_dir
 from BiSCSegmentationLib.roi import rois_from_mask
 

@@ -4,6 +4,7 @@
     bisc-train prepare --kits DIR --cache DIR [--synthesize]
     bisc-train stage {rough,fine} --cache DIR --split FILE --out DIR   (also under torchrun for DDP)
     bisc-train evaluate --kits DIR --split FILE --models DIR
+    bisc-train set-window MODEL --window Z,Y,X -o OUT | set-decision MODEL --rule ... -o OUT
 """
 from __future__ import annotations
 
@@ -124,9 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block size in voxels, each a multiple of the network's divisor")
     p.add_argument("-o", "--out", type=Path, required=True, help="the new model file")
     p.add_argument("--force", action="store_true", help="overwrite --out")
-    p = sub.add_parser("all", help="prepare, train rough and fine, evaluate on the held-out fifth")
+    p = sub.add_parser("set-decision", help="write a copy of a model file with another decision rule (how "
+                                            "probabilities become labels; same weights; recorded in the file)")
+    p.add_argument("model", type=Path, help="a rough.pt or fine.pt")
+    p.add_argument("--rule", choices=["argmax", "foreground"], required=True,
+                   help="argmax, or foreground: kidney+tumor against background first, then tumor against kidney")
+    p.add_argument("--foreground-bias", type=float, default=0.0, help="foreground rule: log-odds added to the "
+                                                                      "foreground (>0: more kidney+tumor)")
+    p.add_argument("--tumor-bias", type=float, default=0.0, help="foreground rule: log-odds added to tumor "
+                                                                 "against kidney")
+    p.add_argument("--min-tumor-ml", type=float, default=0.0, help="foreground rule, fine stage: tumor components "
+                                                                   "under this many mL become kidney, except the largest")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the new model file")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p = sub.add_parser("all", help="prepare, train rough and fine, tune their decision rules on training cases, "
+                                   "evaluate on the held-out fifth")
     _add_data(p)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tune-cases", type=int, default=24,
+                   help="training cases that tune the decision rules (python -m bisc_training.tune_decision, "
+                        "default grid; written into OUT/rough.pt and OUT/fine.pt); 0: keep the argmax")
     _add_train(p)
     return ap
 
@@ -236,6 +254,27 @@ def cmd_set_window(args) -> Path:
     return args.out
 
 
+def cmd_set_decision(args) -> Path:
+    """The same network with another decision rule (as ``python -m bisc_training.tune_decision`` writes it);
+    the previous rules are kept in the training record."""
+    from BiSCSegmentationLib.decision import Decision
+    model = load_model_file(args.model)
+    decision = Decision(args.rule, args.foreground_bias, args.tumor_bias, args.min_tumor_ml)
+    problem = decision.problem()
+    if problem:
+        raise ValueError(problem)
+    if model.stage == "rough" and decision.min_tumor_ml:
+        raise ValueError("--min-tumor-ml is a fine-stage setting (the rough stage only finds the ROIs)")
+    history = list(model.training.get("decision_history", []))
+    history.append({"decision": model.decision.to_dict(), "sha256": model.sha256})
+    model.decision = decision
+    model.training = {**model.training, "decision_history": history}
+    save_model_file(model, args.out, force=args.force)
+    print(f"{args.out}: decision {decision.describe()} (was {history[-1]['decision']['rule']}); "
+          f"sha256 {sha256_of(args.out)}")
+    return args.out
+
+
 class LazyCases:
     """Test cases built on access (a synthesized CT is large: never hold them all)."""
 
@@ -309,6 +348,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cmd_prior_correct(args)
         elif args.command == "set-window":
             cmd_set_window(args)
+        elif args.command == "set-decision":
+            cmd_set_decision(args)
         elif args.command == "evaluate":
             cmd_evaluate(args, json.loads(args.split.read_text()), args.models, args.out or args.models / "evaluation")
         else:
@@ -316,6 +357,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             split = cmd_prepare(args, cache, split_path)
             for stage in ("rough", "fine"):
                 cmd_stage(args, stage, cache, split, args.out)
+            if args.tune_cases > 0:
+                from . import tune_decision
+                tune = ["--kits", str(args.kits), "--split", str(split_path), "--models", str(args.out),
+                        "--n", str(args.tune_cases), "--workers", str(max(1, args.workers)),
+                        "--rough-foreground-bias", "0.5,1", "--out", str(args.out / "tuning.json"),
+                        "--write", str(args.out), "--force"] + (["--synthesize"] if args.synthesize else [])
+                if tune_decision.main(tune) != 0:
+                    raise ValueError("tuning the decision rules failed (see above)")
             cmd_evaluate(args, split, args.out, args.out / "evaluation")
     except (OSError, ValueError) as exc:  # missing/existing files, bad settings: one clear line
         print(f"bisc-train: {exc}", file=sys.stderr)

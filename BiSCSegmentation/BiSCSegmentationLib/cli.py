@@ -129,6 +129,9 @@ def build_segment_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-model", metavar="FILE", help="fine-stage model file (needs --rough-model)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
     p.add_argument("--mirror", action="store_true", help="average over 8 mirrorings (better, 8x slower)")
+    p.add_argument("--keep-small-tumors", action="store_true",
+                   help="keep every tumor component (skip the fine model's step that turns small separate tumor "
+                        "spots into kidney, the largest tumor excepted)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino", "openvino-bf16", "torch-bf16"),
                    help="what runs the networks: auto = OpenVINO on the CPU when installed, else PyTorch (default)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -201,8 +204,10 @@ def load_predictor(args, progress=None):
         except ModelFileError as exc:
             raise ModelFileError(f"{exc} (or pass --rough-model FILE --fine-model FILE)") from exc
     try:
+        keep = getattr(args, "keep_small_tumors", False)
         return CascadePredictor(rough, fine, device=args.device, mirror=args.mirror, progress=progress,
-                                backend=getattr(args, "backend", "auto"))
+                                backend=getattr(args, "backend", "auto"),
+                                decision=fine.decision.without_small_tumor_step() if keep else None)
     except (ValueError, BackendError) as exc:
         raise UsageError(str(exc)) from exc
 
@@ -283,6 +288,9 @@ def run_segment(args) -> SegmentOutcome:
         timings["load models"] = time.perf_counter() - t
         if not args.quiet:
             progress.write(f"Backend: {predictor.backend_name}")
+            rules = ([] if args.rois else [f"rough: {predictor.rough_decision.describe()}"]) + \
+                    ([] if args.rough_only else [f"fine: {predictor.decision.describe()}"])
+            progress.write("Decision rule, " + "; ".join(rules))
         if args.rois:
             labels = predictor.segment(ct, rois)
         else:

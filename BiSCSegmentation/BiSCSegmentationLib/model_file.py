@@ -6,6 +6,7 @@ A model file is a ``torch.save`` dictionary (loaded with ``weights_only=True``, 
     architecture: SCUNetConfig fields, grid: how the stage resamples its input (see ``StageModel``),
     intensity: {"clip": [lo, hi], "mean": m, "std": s}, labels: {"0": "background", "1": "kidney", "2": "tumor"},
     inference_window: [z, y, x] largest block run at once, training: free-form provenance (command, data, loss),
+    decision (optional): how probabilities become labels (``decision.Decision``; absent: argmax),
     state_dict: the SC-UNet weights.
 
 Loading validates every field and reports a wrong, truncated or mismatched file in plain words. Bundled
@@ -23,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .decision import Decision
 from .network import SCUNet, SCUNetConfig
 from .volume import atomic_target
 
@@ -52,6 +54,7 @@ class StageModel:
     intensity: Dict = field(default_factory=lambda: {"clip": [-79.0, 304.0], "mean": 101.0, "std": 76.9})
     inference_window: Tuple[int, int, int] = (128, 192, 192)
     training: Dict = field(default_factory=dict)
+    decision: Decision = field(default_factory=Decision)
     network: Optional[SCUNet] = None
     path: Optional[Path] = None
     sha256: Optional[str] = None
@@ -67,11 +70,14 @@ class StageModel:
     def to_file_dict(self) -> Dict:
         if self.network is None:
             raise ModelFileError("no network to save")
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "stage": self.stage,
-                "architecture": self.config.to_dict(), "grid": dict(self.grid), "intensity": dict(self.intensity),
-                "labels": dict(LABELS), "inference_window": list(self.inference_window),
-                "training": dict(self.training),
-                "state_dict": {k: v.detach().cpu() for k, v in self.network.state_dict().items()}}
+        out = {"format": FORMAT, "format_version": FORMAT_VERSION, "stage": self.stage,
+               "architecture": self.config.to_dict(), "grid": dict(self.grid), "intensity": dict(self.intensity),
+               "labels": dict(LABELS), "inference_window": list(self.inference_window),
+               "training": dict(self.training)}
+        if self.decision != Decision():  # files with the default rule stay as they were before it existed
+            out["decision"] = self.decision.to_dict()
+        out["state_dict"] = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
+        return out
 
 
 def sha256_of(path) -> str:
@@ -149,7 +155,14 @@ def load_model_file(path, expected_sha256: Optional[str] = None, stage: Optional
     window = tuple(int(w) for w in raw.get("inference_window", ()))
     problem = window_problem(window, config.divisor)
     _require(problem is None, path, problem or "")
-    model = StageModel(raw["stage"], config, grid, inten, window, raw.get("training") or {}, path=path, sha256=digest)
+    try:
+        decision = Decision.from_dict(raw.get("decision"))
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: invalid decision settings ({exc})") from None
+    _require(raw["stage"] == "fine" or decision.min_tumor_ml == 0, path,
+             "min_tumor_ml is a fine-stage setting (the rough stage only finds the ROIs); set it to 0")
+    model = StageModel(raw["stage"], config, grid, inten, window, raw.get("training") or {}, decision,
+                       path=path, sha256=digest)
     net = model.build()
     try:
         net.load_state_dict(raw["state_dict"], strict=True)

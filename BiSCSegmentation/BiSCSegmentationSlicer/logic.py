@@ -37,6 +37,7 @@ class Options:
     device: str = "auto"             # auto | cpu | cuda
     mirror: bool = False             # test-time mirroring (8x slower)
     min_component_ml: float = 10.0   # rough stage: smallest structure taken for a kidney
+    keep_small_tumors: bool = False  # fine stage: skip the model's small-tumor step (decision.py)
 
 
 @dataclass
@@ -101,7 +102,7 @@ class BiSCLogic:
             raise WorkflowError(" ".join(problems))
         ct = self.ct(volume_node)
         request = make_request(task, options.model.to_dict(), options.device, options.mirror,
-                               options.min_component_ml, rois)
+                               options.min_component_ml, rois, options.keep_small_tumors)
         job = ThreadJob(request, ct) if self.runner == "thread" else ProcessJob(request, ct, python=self.python)
         return Run(task, volume_node, ct, job.start(), list(rois))
 

@@ -61,11 +61,12 @@ class Status:
 
 
 def make_request(task: str, model: dict, device: str = "auto", mirror: bool = False,
-                 min_component_ml: float = 10.0, rois=()) -> dict:
+                 min_component_ml: float = 10.0, rois=(), keep_small_tumors: bool = False) -> dict:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}")
     return {"task": task, "model": dict(model), "device": device, "mirror": bool(mirror),
-            "min_component_ml": float(min_component_ml), "rois": [r.to_dict() for r in rois]}
+            "min_component_ml": float(min_component_ml), "rois": [r.to_dict() for r in rois],
+            "keep_small_tumors": bool(keep_small_tumors)}
 
 
 def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -> dict:
@@ -80,6 +81,8 @@ def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -
     predictor = CascadePredictor(rough, fine, device=request.get("device", "auto"), mirror=request.get("mirror", False),
                                  progress=progress, cancel=cancel,
                                  min_component_ml=float(request.get("min_component_ml", 10.0)))
+    if request.get("keep_small_tumors"):
+        predictor.decision = predictor.decision.without_small_tumor_step()
     if request["task"] == "locate":
         rough_result = predictor.locate(ct)
         result = {"mask": np.asarray(rough_result.mask.array).astype(np.uint8), "rois": list(rough_result.rois)}

@@ -1,0 +1,228 @@
+"""The fine stage's decision rule: probabilities -> labels, the small-tumor step, model files, set-decision."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from BiSCSegmentationLib.cascade import CascadePredictor, label_argmax
+from BiSCSegmentationLib.decision import ARGMAX, Decision, labels_from_differences, relabel_small_tumors
+from BiSCSegmentationLib.model_file import ModelFileError, load_model_file, save_model_file
+from BiSCSegmentationLib.resample import AxisMap, resample_view
+from BiSCSegmentationLib.roi import rois_from_mask
+from BiSCSegmentationLib.volume import kits19_affine_volume
+from conftest import tiny_stage_models
+from test_cascade import encode, oracle_models, two_kidney_labels
+
+
+def _probs(seed=0, shape=(6, 9, 10)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn((3,) + shape, generator=g) * 2, dim=0)
+
+
+def _foreground_rule(p, bf, bt):
+    """The rule as the module docstring states it, on three probabilities."""
+    fg = (p[1] + p[2]) * math.exp(bf) > p[0]
+    out = fg.to(torch.uint8)
+    out[fg & (p[2] * math.exp(bt) > p[1])] = 2
+    return out.numpy()
+
+
+def test_argmax_rule_is_the_argmax():
+    p = _probs()
+    assert np.array_equal(labels_from_differences(p[1:] - p[:1]), label_argmax(p))
+    assert np.array_equal(labels_from_differences(p[1:] - p[:1], ARGMAX), label_argmax(p))
+
+
+@pytest.mark.parametrize("bf,bt", [(0.0, 0.0), (0.25, -0.125), (-0.5, 0.5)])
+def test_foreground_rule_from_two_restored_differences_equals_the_rule_on_three_probabilities(bf, bt):
+    p = _probs(seed=1)
+    # restored through a real resampling onto a finer, shifted grid (what the cascade does per ROI)
+    back = [AxisMap(11, 0.3, 0.45), AxisMap(17, 0.1, 0.5), AxisMap(13, 0.0, 0.7)]
+    p3 = resample_view(p, back, fill=None)
+    got = labels_from_differences(resample_view(p[1:] - p[:1], back, fill=None), Decision("foreground", bf, bt))
+    want = _foreground_rule(p3, bf, bt)
+    # away from exact ties the two computations must agree voxel for voxel
+    margin = torch.minimum(((p3[1] + p3[2]) * math.exp(bf) - p3[0]).abs(), (p3[2] * math.exp(bt) - p3[1]).abs())
+    decided = (margin > 1e-5).numpy()
+    assert decided.mean() > 0.99
+    assert np.array_equal(got[decided], want[decided])
+
+
+def test_foreground_rule_gives_the_foreground_a_split_vote_would_lose():
+    # p0 = 0.4 beats p1 = p2 = 0.3 under argmax, but kidney+tumor together win
+    p = torch.tensor([0.4, 0.3, 0.3]).reshape(3, 1, 1, 1)
+    assert labels_from_differences(p[1:] - p[:1])[0, 0, 0] == 0
+    assert labels_from_differences(p[1:] - p[:1], Decision("foreground"))[0, 0, 0] == 1  # tie -> kidney
+    assert labels_from_differences(p[1:] - p[:1], Decision("foreground", tumor_bias=0.1))[0, 0, 0] == 2
+    assert labels_from_differences(p[1:] - p[:1], Decision("foreground", foreground_bias=-0.5))[0, 0, 0] == 0
+
+
+def _tumors():
+    lab = np.zeros((10, 20, 20), np.uint8)
+    lab[1:9, 1:19, 1:19] = 1
+    lab[2:7, 2:8, 2:8] = 2       # 180 voxels: the largest tumor
+    lab[2:4, 12:14, 12:14] = 2   # 8 voxels
+    lab[7, 16, 16] = 2           # 1 voxel
+    return lab
+
+
+def test_small_tumor_components_become_kidney_except_the_largest():
+    lab = _tumors()
+    changed = relabel_small_tumors(lab, voxel_ml=0.5, min_ml=4.5)  # 8 voxels = 4 mL < 4.5; 180 = 90 mL
+    assert changed == 9
+    assert np.count_nonzero(lab == 2) == 180 and lab[2, 12, 12] == 1 and lab[7, 16, 16] == 1
+    lab = _tumors()
+    assert relabel_small_tumors(lab, voxel_ml=0.5, min_ml=3.9) == 1 and lab[2, 12, 12] == 2
+    lab = _tumors()
+    assert relabel_small_tumors(lab, voxel_ml=0.5, min_ml=0) == 0 and np.array_equal(lab, _tumors())
+    # a case whose only tumor is small keeps it
+    lone = np.zeros((4, 4, 4), np.uint8)
+    lone[1, 1, 1] = 2
+    assert relabel_small_tumors(lone, voxel_ml=0.001, min_ml=100.0) == 0 and lone[1, 1, 1] == 2
+
+
+def test_small_tumor_step_writes_through_a_reversed_view():
+    stored = np.ascontiguousarray(_tumors()[::-1, :, ::-1])
+    view = stored[::-1, :, ::-1]
+    relabel_small_tumors(view, voxel_ml=0.5, min_ml=4.5)
+    assert np.count_nonzero(stored == 2) == 180 and np.count_nonzero(stored == 1) == np.count_nonzero(_tumors() > 0) - 180
+
+
+@pytest.mark.parametrize("bad,words", [({"rule": "vote"}, "rule must be one of"),
+                                       ({"rule": "foreground", "min_tumor_ml": -1}, "min_tumor_ml must be >= 0"),
+                                       ({"rule": "argmax", "tumor_bias": 0.5}, "argmax rule takes no biases"),
+                                       ({"rule": "foreground", "tumor_bias": "a lot"}, "must be numbers"),
+                                       ({"rule": "foreground", "tumor_bias": float("nan")}, "finite"),
+                                       ({"rule": "foreground", "speed": 1}, "unknown decision settings")])
+def test_bad_decision_settings_are_clear_errors(bad, words):
+    with pytest.raises(ValueError, match=words):
+        Decision.from_dict(bad)
+
+
+def test_model_file_keeps_its_decision_and_rejects_bad_ones(tmp_path):
+    rough, fine = tiny_stage_models()
+    save_model_file(fine, tmp_path / "argmax.pt")
+    raw = torch.load(tmp_path / "argmax.pt", weights_only=True)
+    assert "decision" not in raw  # files with the default rule look as they did before the rule existed
+    assert load_model_file(tmp_path / "argmax.pt").decision == ARGMAX
+    fine.decision = Decision("foreground", 0.125, 0.25, 3.0)
+    save_model_file(fine, tmp_path / "fg.pt")
+    assert load_model_file(tmp_path / "fg.pt").decision == Decision("foreground", 0.125, 0.25, 3.0)
+    raw = torch.load(tmp_path / "fg.pt", weights_only=True)
+    raw["decision"]["min_tumor_ml"] = -2
+    torch.save(raw, tmp_path / "bad.pt")
+    with pytest.raises(ModelFileError, match="invalid decision settings .*min_tumor_ml must be >= 0"):
+        load_model_file(tmp_path / "bad.pt")
+    rough.decision = Decision("foreground", 0.5)
+    save_model_file(rough, tmp_path / "rough.pt")
+    assert load_model_file(tmp_path / "rough.pt").decision == Decision("foreground", 0.5)
+    raw = torch.load(tmp_path / "rough.pt", weights_only=True)
+    raw["decision"]["min_tumor_ml"] = 1.0
+    torch.save(raw, tmp_path / "rough_bad.pt")
+    with pytest.raises(ModelFileError, match="min_tumor_ml is a fine-stage setting"):
+        load_model_file(tmp_path / "rough_bad.pt")
+
+
+def test_cascade_applies_the_fine_model_files_decision_over_the_whole_case():
+    # KiTS19 header (reversed canonical view), oracle network: the small tumor in the other kidney goes
+    lab = two_kidney_labels((24, 64, 64))
+    lab[10:13, 34:37, 14:17] = 2  # 27 voxels in the other kidney
+    labels = kits19_affine_volume(lab, (3.0, 1.5, 1.5))
+    ct = labels.with_array(encode(labels.array))
+    rough, fine = oracle_models((1.5, 1.5, 3.0))
+    rois = rois_from_mask(labels, fine.fine_spacing, min_component_ml=0.01)
+    plain = CascadePredictor(rough, fine, device="cpu").segment(ct, rois).array
+    assert np.array_equal(plain, labels.array)
+    fine.decision = Decision("foreground", min_tumor_ml=27 * 6.75 / 1000 + 0.01)  # voxel: 1.5 x 1.5 x 3 mm
+    out = CascadePredictor(rough, fine, device="cpu").segment(ct, rois).array
+    expected = lab.copy()
+    expected[10:13, 34:37, 14:17] = 1
+    assert np.array_equal(out, kits19_affine_volume(expected, (3.0, 1.5, 1.5)).array)
+    # the caller may override the file's rule
+    again = CascadePredictor(rough, fine, device="cpu", decision=ARGMAX).segment(ct, rois).array
+    assert np.array_equal(again, labels.array)
+
+
+def test_set_decision_changes_only_the_decision_and_records_it(tmp_path, capsys):
+    from bisc_training.cli import main
+    rough, fine = tiny_stage_models()
+    save_model_file(fine, tmp_path / "fine.pt")
+    save_model_file(rough, tmp_path / "rough.pt")
+    before = load_model_file(tmp_path / "fine.pt")
+    assert main(["set-decision", str(tmp_path / "fine.pt"), "--rule", "foreground", "--foreground-bias", "0.125",
+                 "--min-tumor-ml", "3", "-o", str(tmp_path / "d.pt")]) == 0
+    after = load_model_file(tmp_path / "d.pt")
+    assert after.decision == Decision("foreground", 0.125, 0.0, 3.0)
+    assert after.training["decision_history"] == [{"decision": ARGMAX.to_dict(), "sha256": before.sha256}]
+    for k, v in before.network.state_dict().items():
+        assert torch.equal(v, after.network.state_dict()[k])
+    assert after.inference_window == before.inference_window
+    capsys.readouterr()
+    assert main(["set-decision", str(tmp_path / "fine.pt"), "--rule", "argmax", "-o", str(tmp_path / "d.pt")]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["set-decision", str(tmp_path / "fine.pt"), "--rule", "argmax", "--tumor-bias", "1",
+                 "-o", str(tmp_path / "e.pt")]) == 2
+    assert "argmax rule takes no biases" in capsys.readouterr().err and not (tmp_path / "e.pt").exists()
+    assert main(["set-decision", str(tmp_path / "rough.pt"), "--rule", "foreground", "--min-tumor-ml", "2",
+                 "-o", str(tmp_path / "f.pt")]) == 2
+    assert "fine-stage setting" in capsys.readouterr().err and not (tmp_path / "f.pt").exists()
+    assert main(["set-decision", str(tmp_path / "rough.pt"), "--rule", "foreground", "--foreground-bias", "0.5",
+                 "-o", str(tmp_path / "g.pt")]) == 0
+    assert load_model_file(tmp_path / "g.pt").decision == Decision("foreground", 0.5)
+
+
+@pytest.mark.slow
+def test_tuning_scores_are_those_of_the_cascade_run_with_each_rule():
+    from BiSCSegmentationLib.cascade import canonical_view
+    from BiSCSegmentationLib.metrics import kits19_case_scores
+    from BiSCSegmentationLib.phantom import make_case
+    from bisc_training.tune_decision import case_scores, restored_differences
+
+    ct, gt = make_case(seed=3)
+    predictor = CascadePredictor.bundled(device="cpu")
+    canon, rois = restored_differences(predictor, ct)
+    assert rois
+    decisions = [ARGMAX, Decision("foreground", 0.25, 0.125, 3.0)]
+    scores = case_scores(canon, canonical_view(gt)[0].array, rois, decisions)
+    boxes = predictor.locate(ct).rois
+    for d in decisions:
+        predictor.decision = d
+        labels = predictor.segment(ct, boxes).array
+        want = kits19_case_scores(labels, gt.array)
+        assert scores[d] == pytest.approx((want["kidney_dice"], want["tumor_dice"]), abs=1e-12), d
+
+
+def test_rough_stage_uses_its_model_files_decision():
+    # a random rough network: a larger foreground bias can only add kidney to the rough labels, and the
+    # foreground rule at bias 0 keeps every argmax kidney voxel (kidney + tumor together beat background)
+    from BiSCSegmentationLib.phantom import make_case
+    ct, _ = make_case(seed=1)
+    rough, fine = tiny_stage_models(seed=2)
+    found = {}
+    for name, d in (("argmax", ARGMAX), ("fg0", Decision("foreground")), ("fg3", Decision("foreground", 3.0))):
+        rough.decision = d
+        predictor = CascadePredictor(rough, fine, device="cpu", backend="torch", min_component_ml=0.0)
+        found[name] = predictor.locate(ct).lowres.array > 0
+    assert np.all(found["fg0"][found["argmax"]]) and np.all(found["fg3"][found["fg0"]])
+    assert found["fg3"].sum() > found["fg0"].sum() >= found["argmax"].sum()
+    predictor = CascadePredictor(rough, fine, device="cpu", backend="torch", rough_decision=ARGMAX)
+    assert np.array_equal(predictor.locate(ct).lowres.array > 0, found["argmax"])
+
+
+def _rule_files(tmp_path):
+    rough, fine = tiny_stage_models()
+    fine.decision = Decision("foreground", 0.125, 0.25, 4.0)
+    save_model_file(rough, tmp_path / "rough.pt")
+    save_model_file(fine, tmp_path / "fine.pt")
+    return str(tmp_path / "rough.pt"), str(tmp_path / "fine.pt")
+
+
+def test_bisc_segment_keep_small_tumors_turns_off_only_the_small_tumor_step(tmp_path):
+    from BiSCSegmentationLib.cli import build_segment_parser, load_predictor
+    rough, fine = _rule_files(tmp_path)
+    base = ["ct.nii.gz", "-o", "out.nii.gz", "--rough-model", rough, "--fine-model", fine, "--backend", "torch"]
+    assert load_predictor(build_segment_parser().parse_args(base)).decision == Decision("foreground", 0.125, 0.25, 4.0)
+    kept = load_predictor(build_segment_parser().parse_args(base + ["--keep-small-tumors"]))
+    assert kept.decision == Decision("foreground", 0.125, 0.25, 0.0)
+

@@ -1,0 +1,234 @@
+"""Tune a fine model's decision rule (``BiSCSegmentationLib.decision``) on training cases, full cascade.
+
+For each case the rough stage finds the ROIs and the fine network runs once per ROI; the restored
+probabilities are then turned into labels with every combination of the grid below, exactly as the
+cascade does (per-ROI islands, pasting, the case-wide small-tumor step), and scored with the KiTS19
+metric. The combination with the best mean of kidney and tumor Dice wins; with ``--write`` it is stored in
+a copy of the fine model file (the grid's scores go into its training record).
+
+Tune on *training* cases (with ``--synthesize``, phantoms from fresh seeds: the training phantoms use seed =
+case number, the default offset gives other CT around the same anatomy), then score the written model once
+on the held-out cases:
+
+    python -m bisc_training.tune_decision --kits ../shared/data/kits19 --split runs/split.json \
+        --models runs/v5/bundled --synthesize --n 24 --workers 2 --rough-foreground-bias 0.5,1 --write runs/v6
+    bisc-train evaluate --kits ../shared/data/kits19 --synthesize --split runs/split.json --models runs/v6
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from dataclasses import replace
+
+import numpy as np
+
+from BiSCSegmentationLib.cascade import (AIR_HU, CascadePredictor, NoKidneyFound, canonical_view, fine_grid,
+                                         small_components)
+from BiSCSegmentationLib.decision import Decision, labels_from_differences, relabel_small_tumors
+from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of
+from BiSCSegmentationLib.resample import resample_view
+from BiSCSegmentationLib.volume import Volume
+
+from . import data as D
+from .compare_windows import pick_cases
+
+def _floats(text: str) -> List[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def restored_differences(predictor: CascadePredictor, ct: Volume, rois=None) -> Tuple[Volume, list]:
+    """The canonical CT and, per ROI (default: those the rough stage finds), (box, restored (p1 - p0, p2 - p0))
+    on its voxels."""
+    canon, _ = canonical_view(ct)
+    if rois is None:
+        try:
+            rois = predictor.locate(ct).rois
+        except NoKidneyFound:
+            rois = []
+    out = []
+    fine = predictor.fine_model
+    for roi in rois:
+        grid, box = fine_grid(canon, roi, fine)
+        image = predictor._normalise(resample_view(canon.array, grid, fill=AIR_HU), fine)
+        probs = predictor._probabilities(fine, image, "fine")
+        back = [m.inverse(s.stop - s.start, s.start) for m, s in zip(grid, box)]
+        out.append((box, resample_view(probs[1:] - probs[:1], back, fill=None)))
+    return canon, out
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray, truth_total: int) -> float:
+    """Dice of ``pred`` against ``truth`` (a crop of a mask with ``truth_total`` voxels in all); KiTS21: 1 if both empty."""
+    total = int(np.count_nonzero(pred)) + truth_total
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(pred & truth)) / total
+
+
+def case_scores(canon: Volume, gt: np.ndarray, rois: list, decisions: Sequence[Decision],
+                keep_largest: bool = True) -> Dict[Decision, Tuple[float, float]]:
+    """KiTS19 (kidney, tumor) Dice of every decision rule; ``gt`` is on ``canon``'s grid. The labels are the
+    cascade's (``CascadePredictor.segment`` with that decision), computed inside the ROIs' union box."""
+    gk, gtm = int(np.count_nonzero(gt)), int(np.count_nonzero(gt == 2))
+    if not rois:
+        return {d: (1.0 if gk == 0 else 0.0, 1.0 if gtm == 0 else 0.0) for d in decisions}
+    union = tuple(slice(min(b[a].start for b, _ in rois), max(b[a].stop for b, _ in rois)) for a in range(3))
+    g = gt[union]
+    g_fg, g_tumor = g > 0, g == 2
+    voxel_ml = float(np.prod(canon.spacing)) / 1000.0
+    scores = {}
+    for rule in {replace(d, min_tumor_ml=0.0) for d in decisions}:  # labels once per rule and biases
+        merged = np.zeros(g.shape, np.uint8)
+        for box, diff in rois:
+            labels = labels_from_differences(diff, rule)
+            drop = small_components(labels) if keep_largest else None
+            if drop is not None:
+                labels[drop] = 0
+            region = merged[tuple(slice(b.start - u.start, b.stop - u.start) for b, u in zip(box, union))]
+            np.maximum(region, labels, out=region)
+        for d in decisions:
+            if replace(d, min_tumor_ml=0.0) != rule:
+                continue
+            pred = merged.copy() if d.min_tumor_ml > 0 else merged
+            relabel_small_tumors(pred, voxel_ml, d.min_tumor_ml)
+            scores[d] = (_dice(pred > 0, g_fg, gk), _dice(pred == 2, g_tumor, gtm))
+    return scores
+
+
+_WORKER: Dict = {}
+
+
+def _init(models: str, kits: str, offset: Optional[int], rough_decisions, decisions, threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+    m = Path(models)
+    _WORKER.update(predictor=CascadePredictor.from_files(m / "rough.pt", m / "fine.pt", device="cpu"),
+                   kits=Path(kits), offset=offset, rough_decisions=rough_decisions, decisions=decisions)
+
+
+def _score(case: str):
+    if _WORKER["offset"] is None:  # the case's own CT (real KiTS19: imaging.nii.gz)
+        ct, labels = D.read_case(_WORKER["kits"], case)
+    else:
+        from BiSCSegmentationLib.phantom import synthesize_ct
+        labels = D.read_labels(_WORKER["kits"] / case / "segmentation.nii.gz")
+        ct = synthesize_ct(labels, seed=int(case[-5:]) + _WORKER["offset"])
+    gt = canonical_view(labels)[0].array
+    predictor, scores, done = _WORKER["predictor"], {}, []
+    for rough in _WORKER["rough_decisions"]:
+        predictor.rough_decision = rough
+        try:
+            boxes = predictor.locate(ct).rois
+        except NoKidneyFound:
+            boxes = []
+        same = [s for b, s in done if b == boxes]  # the fine stage runs once per distinct set of ROIs
+        if not same:
+            canon, rois = restored_differences(predictor, ct, boxes)
+            same = [case_scores(canon, gt, rois, _WORKER["decisions"])]
+            done.append((boxes, same[0]))
+        scores.update({(rough, d): v for d, v in same[0].items()})
+    return case, scores
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kits", type=Path, required=True, help="folder of KiTS19 label maps (phantom CT is built)")
+    ap.add_argument("--split", type=Path, required=True)
+    ap.add_argument("--models", type=Path, required=True, help="folder with rough.pt and fine.pt")
+    ap.add_argument("--cases", choices=["train", "test"], default="train",
+                    help="tune on training cases; 'test' only to report, never to choose")
+    ap.add_argument("--n", type=int, default=24, help="number of cases, spread over the list (0: all)")
+    ap.add_argument("--synthesize", action="store_true",
+                    help="phantom CT around each label map (for label-only data such as ../shared); without it "
+                         "each case's own imaging.nii.gz is read")
+    ap.add_argument("--seed-offset", type=int, default=100000,
+                    help="--synthesize: phantom seed = case number + this (the training phantoms use + 0)")
+    ap.add_argument("--rough-foreground-bias", type=_floats, default=[],
+                    help="also try the rough stage with the foreground rule at these biases (>0: larger kidneys, "
+                         "so larger ROIs); each value runs the fine network once more per case")
+    ap.add_argument("--foreground-bias", type=_floats, default=[0.0, 0.125, 0.25, 0.375])
+    ap.add_argument("--tumor-bias", type=_floats, default=[-0.125, 0.0, 0.125])
+    ap.add_argument("--min-tumor-ml", type=_floats, default=[0.0, 1.0, 2.0, 3.0, 4.0, 6.0])
+    ap.add_argument("--workers", type=int, default=1, help="cases scored in parallel (one process each)")
+    ap.add_argument("--out", type=Path, help="every case's scores for every combination (JSON)")
+    ap.add_argument("--write", type=Path, metavar="DIR",
+                    help="write DIR/rough.pt and DIR/fine.pt with the best decision rules (a rough file whose own "
+                         "rule wins is copied unchanged)")
+    ap.add_argument("--force", action="store_true", help="overwrite --out / --write")
+    args = ap.parse_args(argv)
+    targets = [args.out] + ([args.write / "rough.pt", args.write / "fine.pt"] if args.write else [])
+    for path in targets:
+        if path is not None and path.exists() and not args.force:
+            print(f"tune_decision: {path} exists; pass --force to overwrite", file=sys.stderr)
+            return 2
+    cases = pick_cases(json.loads(args.split.read_text()), args.cases, args.n)
+    own = load_model_file(args.models / "fine.pt", stage="fine")
+    own_rough = load_model_file(args.models / "rough.pt", stage="rough")
+    grid = [Decision("foreground", *c) for c in itertools.product(args.foreground_bias, args.tumor_bias,
+                                                                  args.min_tumor_ml)]
+    decisions = list(dict.fromkeys([own.decision] + grid))  # the model's own rule: the reference row
+    roughs = list(dict.fromkeys([own_rough.decision] + [Decision("foreground", b) for b in args.rough_foreground_bias]))
+    workers = max(1, args.workers)
+    offset = args.seed_offset if args.synthesize else None
+    init = (str(args.models), str(args.kits), offset, roughs, decisions,
+            max(1, (os.cpu_count() or 1) // workers))
+    rows = {}
+    if workers == 1:
+        _init(*init)
+        results = map(_score, cases)
+    else:
+        import multiprocessing as mp
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init, initargs=init)
+        results = pool.imap_unordered(_score, cases)
+    for case, scores in results:
+        rows[case] = scores
+        print(f"{case} ({len(rows)}/{len(cases)})", flush=True)
+    if workers > 1:
+        pool.close()
+    reference = (own_rough.decision, own.decision)
+    keys = [reference] + [(r, d) for r in roughs for d in grid]
+    means = {k: np.mean([rows[c][k] for c in rows], axis=0) for k in keys}
+    ranked = sorted(keys[1:], key=lambda k: -float(means[k].sum()))  # ties: the earlier (smaller) settings
+    what = f"phantom seed = case number + {offset}" if args.synthesize else "their own CT"
+    print(f"\n{len(rows)} {args.cases} cases ({what}): the model files' own rules, then the best 10\n")
+    print("| rough rule | fine rule | kidney Dice | tumor Dice |\n| --- | --- | --- | --- |")
+    for k in [reference] + ranked[:10]:
+        print(f"| {k[0].describe()} | {k[1].describe()} | {means[k][0]:.4f} | {means[k][1]:.4f} |")
+    if args.out:
+        args.out.write_text(json.dumps({"cases": sorted(rows), "seed_offset": offset, "scores": [
+            {"rough": k[0].to_dict(), "fine": k[1].to_dict(), "mean": [float(v) for v in means[k]],
+             "per_case": {c: list(rows[c][k]) for c in sorted(rows)}} for k in [reference] + ranked]},
+            indent=1) + "\n")
+    if args.write:
+        write_models(args.write, own_rough, own, ranked[0], sorted(rows), offset,
+                     [[*k[0].to_dict().values(), *k[1].to_dict().values(), *(round(float(v), 5) for v in means[k])]
+                      for k in ranked], args.force)
+    return 0
+
+
+def write_models(folder: Path, rough, fine, best, cases, seed_offset, table, force: bool) -> None:
+    """rough.pt and fine.pt in ``folder`` with the ``best`` (rough, fine) rules; the tuning goes into the
+    files' training record. A rough model whose own rule won is copied byte for byte."""
+    import shutil
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"cases": cases, "seed_offset": seed_offset,
+              "columns": "rough rule, fine rule (rule, foreground bias, tumor bias, min tumor mL each), kidney, tumor",
+              "scores": table}
+    for model, decision, name in ((rough, best[0], "rough.pt"), (fine, best[1], "fine.pt")):
+        if decision == model.decision and name == "rough.pt":
+            tmp = folder / (name + ".part")
+            shutil.copyfile(model.path, tmp)
+            tmp.replace(folder / name)
+        else:
+            model.training = {**model.training, "decision_tuning": {
+                "from_sha256": model.sha256, "previous": model.decision.to_dict(), **record}}
+            model.decision = decision
+            save_model_file(model, folder / name, force=force)
+        print(f"{folder / name}: {decision.describe()}; sha256 {sha256_of(folder / name)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -267,15 +266,20 @@ def test_set_window_changes_only_the_inference_window_and_records_it(tmp_path, c
     assert "three positive multiples of 8" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
-def test_window_comparison_scores_the_cascade_with_each_window(kits_like, tmp_path, capsys):
-    from bisc_training.compare_windows import main, pick_cases
+def _tiny_models_and_split(folder, cases):
+    """rough.pt + fine.pt (tiny random networks on the kits_like grids) and a split with every case in training."""
     from BiSCSegmentationLib.model_file import save_model_file
     from conftest import tiny_stage_models
-    root, cases, _ = kits_like
     rough, fine = tiny_stage_models(rough_grid={"inplane_size": 32, "z_spacing": 8.0}, fine_spacing=(3.0, 3.0, 4.0))
-    save_model_file(rough, tmp_path / "rough.pt")
-    save_model_file(fine, tmp_path / "fine.pt")
-    (tmp_path / "split.json").write_text(json.dumps({"train": cases, "test": []}))
+    save_model_file(rough, folder / "rough.pt")
+    save_model_file(fine, folder / "fine.pt")
+    (folder / "split.json").write_text(json.dumps({"train": cases, "test": []}))
+
+
+def test_window_comparison_scores_the_cascade_with_each_window(kits_like, tmp_path, capsys):
+    from bisc_training.compare_windows import main, pick_cases
+    root, cases, _ = kits_like
+    _tiny_models_and_split(tmp_path, cases)
     assert pick_cases({"train": [f"c{n:02d}" for n in range(40)]}, "train", 4) == ["c03", "c13", "c23", "c33"]
     assert pick_cases({"train": cases}, "train", 1) == ["case_00002"] and pick_cases({"test": cases}, "test", 2) == cases[:2]
     args = ["--kits", str(root), "--split", str(tmp_path / "split.json"), "--models", str(tmp_path), "--n", "2",
@@ -292,13 +296,9 @@ def test_window_comparison_scores_the_cascade_with_each_window(kits_like, tmp_pa
 def test_decision_tuning_writes_the_best_rules_it_reports(kits_like, tmp_path, capsys):
     from bisc_training.tune_decision import main
     from BiSCSegmentationLib.decision import ARGMAX, Decision
-    from BiSCSegmentationLib.model_file import save_model_file, sha256_of
-    from conftest import tiny_stage_models
+    from BiSCSegmentationLib.model_file import sha256_of
     root, cases, _ = kits_like
-    rough, fine = tiny_stage_models(rough_grid={"inplane_size": 32, "z_spacing": 8.0}, fine_spacing=(3.0, 3.0, 4.0))
-    save_model_file(rough, tmp_path / "rough.pt")
-    save_model_file(fine, tmp_path / "fine.pt")
-    (tmp_path / "split.json").write_text(json.dumps({"train": cases, "test": []}))
+    _tiny_models_and_split(tmp_path, cases)
     args = ["--kits", str(root), "--split", str(tmp_path / "split.json"), "--models", str(tmp_path), "--n", "2",
             "--rough-foreground-bias", "2", "--foreground-bias", "0,1", "--tumor-bias", "0", "--min-tumor-ml", "0,5",
             "--out", str(tmp_path / "t.json"), "--write", str(tmp_path / "tuned")]

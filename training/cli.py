@@ -236,6 +236,14 @@ def cmd_prior_correct(args) -> Path:
     return args.out
 
 
+def _record_previous(model, key: str, entry: dict) -> list:
+    """Append what a model file had (``entry`` + its SHA-256) to ``model.training[key]`` before a setting of it
+    is changed; returns that history."""
+    history = list(model.training.get(key, [])) + [{**entry, "sha256": model.sha256}]
+    model.training = {**model.training, key: history}
+    return history
+
+
 def cmd_set_window(args) -> Path:
     """The same network run on other blocks: the window is part of how a model is used, so it lives in the
     file (and changes its SHA-256); the previous windows are kept in the training record."""
@@ -244,10 +252,8 @@ def cmd_set_window(args) -> Path:
     problem = window_problem(window, model.config.divisor)
     if problem:
         raise ValueError(f"--window: {problem}")
-    history = list(model.training.get("inference_window_history", []))
-    history.append({"window": list(model.inference_window), "sha256": model.sha256})
+    history = _record_previous(model, "inference_window_history", {"window": list(model.inference_window)})
     model.inference_window = window
-    model.training = {**model.training, "inference_window_history": history}
     save_model_file(model, args.out, force=args.force)
     print(f"{args.out}: {model.stage} model run on {'x'.join(map(str, window))} blocks (was "
           f"{'x'.join(map(str, history[-1]['window']))}); sha256 {sha256_of(args.out)}")
@@ -265,10 +271,8 @@ def cmd_set_decision(args) -> Path:
         raise ValueError(problem)
     if model.stage == "rough" and decision.min_tumor_ml:
         raise ValueError("--min-tumor-ml is a fine-stage setting (the rough stage only finds the ROIs)")
-    history = list(model.training.get("decision_history", []))
-    history.append({"decision": model.decision.to_dict(), "sha256": model.sha256})
+    history = _record_previous(model, "decision_history", {"decision": model.decision.to_dict()})
     model.decision = decision
-    model.training = {**model.training, "decision_history": history}
     save_model_file(model, args.out, force=args.force)
     print(f"{args.out}: decision {decision.describe()} (was {history[-1]['decision']['rule']}); "
           f"sha256 {sha256_of(args.out)}")

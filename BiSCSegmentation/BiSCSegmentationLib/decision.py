@@ -83,7 +83,7 @@ class Decision:
             return "argmax"
         parts = [f"foreground bias {self.foreground_bias:g}", f"tumor bias {self.tumor_bias:g}"]
         if self.min_tumor_ml:
-            parts.append(f"tumors under {self.min_tumor_ml:g} mL kept only if largest")
+            parts.append(f"separate tumors under {self.min_tumor_ml:g} mL become kidney unless largest")
         return f"foreground rule ({', '.join(parts)})"
 
 

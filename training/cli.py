@@ -266,11 +266,9 @@ def cmd_set_decision(args) -> Path:
     from BiSCSegmentationLib.decision import Decision
     model = load_model_file(args.model)
     decision = Decision(args.rule, args.foreground_bias, args.tumor_bias, args.min_tumor_ml)
-    problem = decision.problem()
+    problem = decision.problem(model.stage)
     if problem:
         raise ValueError(problem)
-    if model.stage == "rough" and decision.min_tumor_ml:
-        raise ValueError("--min-tumor-ml is a fine-stage setting (the rough stage only finds the ROIs)")
     history = _record_previous(model, "decision_history", {"decision": model.decision.to_dict()})
     model.decision = decision
     save_model_file(model, args.out, force=args.force)

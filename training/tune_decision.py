@@ -1,10 +1,10 @@
-"""Tune a fine model's decision rule (``BiSCSegmentationLib.decision``) on training cases, full cascade.
+"""Tune both stages' decision rules (``BiSCSegmentationLib.decision``) on training cases, full cascade.
 
-For each case the rough stage finds the ROIs and the fine network runs once per ROI; the restored
+For each case and rough rule the rough stage finds the ROIs and the fine network runs once per ROI; the restored
 probabilities are then turned into labels with every combination of the grid below, exactly as the
 cascade does (per-ROI islands, pasting, the case-wide small-tumor step), and scored with the KiTS19
 metric. The combination with the best mean of kidney and tumor Dice wins; with ``--write`` it is stored in
-a copy of the fine model file (the grid's scores go into its training record).
+copies of the model files (the grid's scores go into their training record).
 
 Tune on *training* cases (with ``--synthesize``, phantoms from fresh seeds: the training phantoms use seed =
 case number, the default offset gives other CT around the same anatomy), then score the written model once
@@ -21,45 +21,35 @@ import itertools
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from dataclasses import replace
-
 import numpy as np
 
-from BiSCSegmentationLib.cascade import (AIR_HU, CascadePredictor, NoKidneyFound, canonical_view, fine_grid,
-                                         small_components)
+from BiSCSegmentationLib.cascade import CascadePredictor, NoKidneyFound, canonical_view, small_components
 from BiSCSegmentationLib.decision import Decision, labels_from_differences, relabel_small_tumors
 from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of
-from BiSCSegmentationLib.resample import resample_view
 from BiSCSegmentationLib.volume import Volume
 
 from . import data as D
 from .compare_windows import pick_cases
+
 
 def _floats(text: str) -> List[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
 def restored_differences(predictor: CascadePredictor, ct: Volume, rois=None) -> Tuple[Volume, list]:
-    """The canonical CT and, per ROI (default: those the rough stage finds), (box, restored (p1 - p0, p2 - p0))
-    on its voxels."""
+    """The canonical CT and, per ROI (default: those the rough stage finds), the cascade's own
+    ``(box, restored (p1 - p0, p2 - p0))``."""
     canon, _ = canonical_view(ct)
     if rois is None:
         try:
             rois = predictor.locate(ct).rois
         except NoKidneyFound:
             rois = []
-    out = []
-    fine = predictor.fine_model
-    for roi in rois:
-        grid, box = fine_grid(canon, roi, fine)
-        image = predictor._normalise(resample_view(canon.array, grid, fill=AIR_HU), fine)
-        probs = predictor._probabilities(fine, image, "fine")
-        back = [m.inverse(s.stop - s.start, s.start) for m, s in zip(grid, box)]
-        out.append((box, resample_view(probs[1:] - probs[:1], back, fill=None)))
-    return canon, out
+    return canon, [predictor.restored_differences(canon, roi) for roi in rois]
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray, truth_total: int) -> float:
@@ -117,19 +107,19 @@ def _score(case: str):
         labels = D.read_labels(_WORKER["kits"] / case / "segmentation.nii.gz")
         ct = synthesize_ct(labels, seed=int(case[-5:]) + _WORKER["offset"])
     gt = canonical_view(labels)[0].array
-    predictor, scores, done = _WORKER["predictor"], {}, []
+    predictor, scores, done = _WORKER["predictor"], {}, []  # done: (ROIs, their scores)
     for rough in _WORKER["rough_decisions"]:
         predictor.rough_decision = rough
         try:
             boxes = predictor.locate(ct).rois
         except NoKidneyFound:
             boxes = []
-        same = [s for b, s in done if b == boxes]  # the fine stage runs once per distinct set of ROIs
-        if not same:
+        found = next((s for b, s in done if b == boxes), None)  # the fine stage runs once per set of ROIs
+        if found is None:
             canon, rois = restored_differences(predictor, ct, boxes)
-            same = [case_scores(canon, gt, rois, _WORKER["decisions"])]
-            done.append((boxes, same[0]))
-        scores.update({(rough, d): v for d, v in same[0].items()})
+            found = case_scores(canon, gt, rois, _WORKER["decisions"])
+            done.append((boxes, found))
+        scores.update({(rough, d): v for d, v in found.items()})
     return case, scores
 
 

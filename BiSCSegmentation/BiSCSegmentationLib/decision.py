@@ -1,4 +1,4 @@
-"""From the fine network's probabilities to labels: the decision rule a fine model file carries.
+"""From a network's probabilities to labels: the decision rule each model file carries.
 
 Two rules, chosen per model file (``"decision"``; a file without it uses ``argmax``, as before it existed):
 
@@ -10,7 +10,7 @@ Two rules, chosen per model file (``"decision"``; a file without it uses ``argma
      meets a tumor, and inside large tumors, it gives voxels to the background that both foreground classes
      together would win;
   2. within the foreground, tumor where p(tumor) x exp(tumor_bias) > p(kidney);
-  3. tumor components (26-connected, over the whole case) smaller than ``min_tumor_ml`` become kidney,
+  3. fine stage only: tumor components (26-connected, over the whole case) smaller than ``min_tumor_ml`` become kidney,
      except the largest: with Eq. 1's class balancing the network marks scattered specks of kidney as
      tumor, and each such speck costs tumor Dice; the largest is kept so that a case whose only tumor is
      small keeps it.
@@ -33,7 +33,7 @@ RULES = ("argmax", "foreground")
 
 @dataclass(frozen=True)
 class Decision:
-    """How the fine stage's probabilities become labels (see the module docstring)."""
+    """How a stage's probabilities become labels (see the module docstring)."""
 
     rule: str = "argmax"
     foreground_bias: float = 0.0
@@ -58,8 +58,8 @@ class Decision:
             raise ValueError(problem)
         return out
 
-    def problem(self) -> Optional[str]:
-        """What is wrong with these settings (None: usable)."""
+    def problem(self, stage: Optional[str] = None) -> Optional[str]:
+        """What is wrong with these settings for ``stage`` ("rough", "fine" or None: either) (None: usable)."""
         if self.rule not in RULES:
             return f"decision rule must be one of {RULES}, got {self.rule!r}"
         values = (self.foreground_bias, self.tumor_bias, self.min_tumor_ml)
@@ -69,6 +69,8 @@ class Decision:
             return "the argmax rule takes no biases or minimum tumor size; use rule 'foreground'"
         if self.min_tumor_ml < 0:
             return f"min_tumor_ml must be >= 0, got {self.min_tumor_ml}"
+        if stage == "rough" and self.min_tumor_ml:
+            return "min_tumor_ml is a fine-stage setting (the rough stage only finds the ROIs); set it to 0"
         return None
 
     def without_small_tumor_step(self) -> "Decision":

@@ -159,8 +159,8 @@ def load_model_file(path, expected_sha256: Optional[str] = None, stage: Optional
         decision = Decision.from_dict(raw.get("decision"))
     except ValueError as exc:
         raise ModelFileError(f"{path}: invalid decision settings ({exc})") from None
-    _require(raw["stage"] == "fine" or decision.min_tumor_ml == 0, path,
-             "min_tumor_ml is a fine-stage setting (the rough stage only finds the ROIs); set it to 0")
+    problem = decision.problem(raw["stage"])
+    _require(problem is None, path, problem or "")
     model = StageModel(raw["stage"], config, grid, inten, window, raw.get("training") or {}, decision,
                        path=path, sha256=digest)
     net = model.build()

@@ -1,4 +1,4 @@
-"""The fine stage's decision rule: probabilities -> labels, the small-tumor step, model files, set-decision."""
+"""The decision rules: probabilities -> labels, the tumor component step, model files, set-decision."""
 import math
 
 import numpy as np
@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from BiSCSegmentationLib.cascade import CascadePredictor, label_argmax
-from BiSCSegmentationLib.decision import ARGMAX, Decision, labels_from_differences, relabel_small_tumors
+from BiSCSegmentationLib.decision import (ARGMAX, Decision, labels_from_differences, relabel_tumor_components,
+                                         tumor_probability)
 from BiSCSegmentationLib.model_file import ModelFileError, load_model_file, save_model_file
 from BiSCSegmentationLib.resample import AxisMap, resample_view
 from BiSCSegmentationLib.roi import rois_from_mask
 from BiSCSegmentationLib.volume import kits19_affine_volume
 from conftest import tiny_stage_models
-from test_cascade import encode, oracle_models, two_kidney_labels
+from test_cascade import INTENSITY, OracleNet, encode, oracle_models, two_kidney_labels
 
 
 def _probs(seed=0, shape=(6, 9, 10)):
@@ -69,27 +70,61 @@ def _tumors():
 
 def test_small_tumor_components_become_kidney_except_the_largest():
     lab = _tumors()
-    changed = relabel_small_tumors(lab, voxel_ml=0.5, min_ml=4.5)  # 8 voxels = 4 mL < 4.5; 180 = 90 mL
+    changed = relabel_tumor_components(lab, voxel_ml=0.5, min_ml=4.5)  # 8 voxels = 4 mL < 4.5; 180 = 90 mL
     assert changed == 9
     assert np.count_nonzero(lab == 2) == 180 and lab[2, 12, 12] == 1 and lab[7, 16, 16] == 1
     lab = _tumors()
-    assert relabel_small_tumors(lab, voxel_ml=0.5, min_ml=3.9) == 1 and lab[2, 12, 12] == 2
+    assert relabel_tumor_components(lab, voxel_ml=0.5, min_ml=3.9) == 1 and lab[2, 12, 12] == 2
     lab = _tumors()
-    assert relabel_small_tumors(lab, voxel_ml=0.5, min_ml=0) == 0 and np.array_equal(lab, _tumors())
+    assert relabel_tumor_components(lab, voxel_ml=0.5, min_ml=0) == 0 and np.array_equal(lab, _tumors())
     # a case whose only tumor is small keeps it
     lone = np.zeros((4, 4, 4), np.uint8)
     lone[1, 1, 1] = 2
-    assert relabel_small_tumors(lone, voxel_ml=0.001, min_ml=100.0) == 0 and lone[1, 1, 1] == 2
+    assert relabel_tumor_components(lone, voxel_ml=0.001, min_ml=100.0) == 0 and lone[1, 1, 1] == 2
 
 
 def test_small_tumor_step_writes_through_a_reversed_view():
     stored = np.ascontiguousarray(_tumors()[::-1, :, ::-1])
     view = stored[::-1, :, ::-1]
-    relabel_small_tumors(view, voxel_ml=0.5, min_ml=4.5)
+    relabel_tumor_components(view, voxel_ml=0.5, min_ml=4.5)
     assert np.count_nonzero(stored == 2) == 180 and np.count_nonzero(stored == 1) == np.count_nonzero(_tumors() > 0) - 180
 
 
+def test_uncertain_tumor_components_become_kidney_except_the_largest():
+    lab = _tumors()
+    p = np.full(lab.shape, 0.9, np.float32)
+    p[2:4, 12:14, 12:14] = 0.55  # the 8-voxel tumor is unsure
+    p[7, 16, 16] = 0.65
+    assert relabel_tumor_components(lab, 0.5, probability=p, min_probability=0.6) == 8
+    assert lab[2, 12, 12] == 1 and lab[7, 16, 16] == 2 and np.count_nonzero(lab == 2) == 181
+    # the same map stored as uint8 (0..255), as the cascade keeps it
+    lab = _tumors()
+    assert relabel_tumor_components(lab, 0.5, probability=np.round(p * 255).astype(np.uint8),
+                                    min_probability=0.7) == 9
+    assert np.count_nonzero(lab == 2) == 180
+    # the mean over the component decides, not single voxels
+    lab = _tumors()
+    p[2, 12, 12] = 0.99  # mean of the 8 voxels: (0.99 + 7 x 0.55) / 8 = 0.605
+    assert relabel_tumor_components(lab, 0.5, probability=p, min_probability=0.6) == 0
+    # the largest is kept however unsure; size and probability combine (either one drops a component)
+    lab = _tumors()
+    p[:] = 0.1
+    assert relabel_tumor_components(lab, 0.5, min_ml=0.6, probability=p, min_probability=0.05) == 1
+    lab = _tumors()
+    assert relabel_tumor_components(lab, 0.5, probability=p, min_probability=0.5) == 9
+    assert np.count_nonzero(lab == 2) == 180
+    with pytest.raises(ValueError, match="needs a tumor probability map"):
+        relabel_tumor_components(_tumors(), 0.5, probability=None, min_probability=0.5)
+
+
+def test_tumor_probability_from_the_two_differences():
+    p = _probs(seed=4)
+    assert torch.allclose(tumor_probability(p[1:] - p[:1]), p[2], atol=1e-6)
+
+
 @pytest.mark.parametrize("bad,words", [({"rule": "vote"}, "rule must be one of"),
+                                       ({"rule": "foreground", "min_tumor_probability": 1.0}, r"in \[0, 1\)"),
+                                       ({"rule": "argmax", "min_tumor_probability": 0.5}, "argmax rule takes no"),
                                        ({"rule": "foreground", "min_tumor_ml": -1}, "min_tumor_ml must be >= 0"),
                                        ({"rule": "argmax", "tumor_bias": 0.5}, "argmax rule takes no biases"),
                                        ({"rule": "foreground", "tumor_bias": "a lot"}, "must be numbers"),
@@ -120,8 +155,11 @@ def test_model_file_keeps_its_decision_and_rejects_bad_ones(tmp_path):
     raw = torch.load(tmp_path / "rough.pt", weights_only=True)
     raw["decision"]["min_tumor_ml"] = 1.0
     torch.save(raw, tmp_path / "rough_bad.pt")
-    with pytest.raises(ModelFileError, match="min_tumor_ml is a fine-stage setting"):
+    with pytest.raises(ModelFileError, match="are fine-stage settings"):
         load_model_file(tmp_path / "rough_bad.pt")
+    fine.decision = Decision("foreground", 0.125, 0.25, 3.0, 0.7)
+    save_model_file(fine, tmp_path / "fp.pt")
+    assert load_model_file(tmp_path / "fp.pt").decision.min_tumor_probability == 0.7
 
 
 def test_cascade_applies_the_fine_model_files_decision_over_the_whole_case():
@@ -142,6 +180,48 @@ def test_cascade_applies_the_fine_model_files_decision_over_the_whole_case():
     # the caller may override the file's rule
     again = CascadePredictor(rough, fine, device="cpu", decision=ARGMAX).segment(ct, rois).array
     assert np.array_equal(again, labels.array)
+
+
+class UnsureOracleNet(OracleNet):
+    """The oracle, except that CT value 300 is tumor at p = 0.6 (kidney 0.4): a network that is unsure there."""
+
+    def forward_labels(self, x):
+        hu = x * INTENSITY["std"] + INTENSITY["mean"]
+        code = torch.clamp(torch.round(hu / 100.0), 0, 3).long()[:, 0]
+        logits = torch.nn.functional.one_hot(torch.clamp(code, max=2), 3).permute(0, 4, 1, 2, 3).float() * 20.0
+        unsure = (code == 3).unsqueeze(1)
+        return torch.where(unsure, torch.tensor([-20.0, math.log(0.4), math.log(0.6)]).reshape(1, 3, 1, 1, 1), logits)
+
+
+def test_cascade_drops_unsure_tumors_over_the_whole_case_by_their_mean_probability():
+    lab = two_kidney_labels((24, 64, 64))
+    lab[10:13, 34:37, 14:17] = 2  # 27 voxels in the other kidney, where the network is unsure
+    labels = kits19_affine_volume(lab, (3.0, 1.5, 1.5))
+    unsure = np.zeros_like(lab)
+    unsure[10:13, 34:37, 14:17] = 1
+    code = encode(labels.array)
+    code[kits19_affine_volume(unsure, (3.0, 1.5, 1.5)).array > 0] = 300
+    ct = labels.with_array(code)
+    rough, fine = oracle_models((1.5, 1.5, 3.0))
+    fine.network = UnsureOracleNet()
+    rois = rois_from_mask(labels, fine.fine_spacing, min_component_ml=0.01)
+    plain = CascadePredictor(rough, fine, device="cpu").segment(ct, rois).array
+    assert np.array_equal(plain, labels.array)  # argmax: p(tumor) 0.6 is tumor
+    expected = lab.copy()
+    expected[10:13, 34:37, 14:17] = 1
+    for threshold, want in ((0.59, lab), (0.61, expected)):
+        fine.decision = Decision("foreground", min_tumor_probability=threshold)
+        out = CascadePredictor(rough, fine, device="cpu").segment(ct, rois).array
+        assert np.array_equal(out, kits19_affine_volume(want, (3.0, 1.5, 1.5)).array), threshold
+    # the only tumor is kept however unsure
+    lab2 = lab.copy()
+    lab2[lab2 == 2] = 1
+    lab2[10:13, 34:37, 14:17] = 2
+    labels2 = kits19_affine_volume(lab2, (3.0, 1.5, 1.5))
+    code2 = encode(labels2.array)
+    code2[labels2.array == 2] = 300
+    out = CascadePredictor(rough, fine, device="cpu").segment(labels2.with_array(code2), rois).array
+    assert np.array_equal(out, labels2.array)
 
 
 def test_set_decision_changes_only_the_decision_and_records_it(tmp_path, capsys):
@@ -166,7 +246,10 @@ def test_set_decision_changes_only_the_decision_and_records_it(tmp_path, capsys)
     assert "argmax rule takes no biases" in capsys.readouterr().err and not (tmp_path / "e.pt").exists()
     assert main(["set-decision", str(tmp_path / "rough.pt"), "--rule", "foreground", "--min-tumor-ml", "2",
                  "-o", str(tmp_path / "f.pt")]) == 2
-    assert "fine-stage setting" in capsys.readouterr().err and not (tmp_path / "f.pt").exists()
+    assert "fine-stage settings" in capsys.readouterr().err and not (tmp_path / "f.pt").exists()
+    assert main(["set-decision", str(tmp_path / "fine.pt"), "--rule", "foreground", "--min-tumor-probability", "0.7",
+                 "-o", str(tmp_path / "h.pt")]) == 0
+    assert load_model_file(tmp_path / "h.pt").decision == Decision("foreground", min_tumor_probability=0.7)
     assert main(["set-decision", str(tmp_path / "rough.pt"), "--rule", "foreground", "--foreground-bias", "0.5",
                  "-o", str(tmp_path / "g.pt")]) == 0
     assert load_model_file(tmp_path / "g.pt").decision == Decision("foreground", 0.5)
@@ -183,7 +266,8 @@ def test_tuning_scores_are_those_of_the_cascade_run_with_each_rule():
     predictor = CascadePredictor.bundled(device="cpu")
     canon, rois = restored_differences(predictor, ct)
     assert rois
-    decisions = [ARGMAX, Decision("foreground", 0.25, 0.125, 3.0)]
+    decisions = [ARGMAX, Decision("foreground", 0.25, 0.125, 3.0), Decision("foreground", 0.25, 0.125, 0.0, 0.7),
+                 Decision("foreground", 0.0, 0.125, 2.0, 0.65)]
     scores = case_scores(canon, canonical_view(gt)[0].array, rois, decisions)
     boxes = predictor.locate(ct).rois
     for d in decisions:
@@ -212,7 +296,7 @@ def test_rough_stage_uses_its_model_files_decision():
 
 def _rule_files(tmp_path):
     rough, fine = tiny_stage_models()
-    fine.decision = Decision("foreground", 0.125, 0.25, 4.0)
+    fine.decision = Decision("foreground", 0.125, 0.25, 4.0, 0.7)
     save_model_file(rough, tmp_path / "rough.pt")
     save_model_file(fine, tmp_path / "fine.pt")
     return str(tmp_path / "rough.pt"), str(tmp_path / "fine.pt")
@@ -222,7 +306,7 @@ def test_bisc_segment_keep_small_tumors_turns_off_only_the_small_tumor_step(tmp_
     from BiSCSegmentationLib.cli import build_segment_parser, load_predictor
     rough, fine = _rule_files(tmp_path)
     base = ["ct.nii.gz", "-o", "out.nii.gz", "--rough-model", rough, "--fine-model", fine, "--backend", "torch"]
-    assert load_predictor(build_segment_parser().parse_args(base)).decision == Decision("foreground", 0.125, 0.25, 4.0)
+    assert load_predictor(build_segment_parser().parse_args(base)).decision == Decision("foreground", 0.125, 0.25, 4.0, 0.7)
     kept = load_predictor(build_segment_parser().parse_args(base + ["--keep-small-tumors"]))
     assert kept.decision == Decision("foreground", 0.125, 0.25, 0.0)
 

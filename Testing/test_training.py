@@ -301,13 +301,13 @@ def test_decision_tuning_writes_the_best_rules_it_reports(kits_like, tmp_path, c
     _tiny_models_and_split(tmp_path, cases)
     args = ["--kits", str(root), "--split", str(tmp_path / "split.json"), "--models", str(tmp_path), "--n", "2",
             "--rough-foreground-bias", "2", "--foreground-bias", "0,1", "--tumor-bias", "0", "--min-tumor-ml", "0,5",
-            "--out", str(tmp_path / "t.json"), "--write", str(tmp_path / "tuned")]
+            "--min-tumor-probability", "0,0.6", "--out", str(tmp_path / "t.json"), "--write", str(tmp_path / "tuned")]
     assert main(args) == 0
     report = json.loads((tmp_path / "t.json").read_text())
     assert report["cases"] == sorted(cases[:2]) and report["seed_offset"] is None  # the cases' own CT
     first, best = report["scores"][0], report["scores"][1]
     assert first["rough"] == ARGMAX.to_dict() and first["fine"] == ARGMAX.to_dict()  # the files' own rules
-    assert len(report["scores"]) == 1 + 2 * 4 and all(len(r["per_case"]) == 2 for r in report["scores"])
+    assert len(report["scores"]) == 1 + 2 * 8 and all(len(r["per_case"]) == 2 for r in report["scores"])
     assert best["mean"] == max((r["mean"] for r in report["scores"][1:]), key=sum)
     tuned_rough, tuned_fine = (load_model_file(tmp_path / "tuned" / n) for n in ("rough.pt", "fine.pt"))
     assert tuned_fine.decision == Decision(**best["fine"]) and tuned_rough.decision == Decision(**best["rough"])

@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "against kidney")
     p.add_argument("--min-tumor-ml", type=float, default=0.0, help="foreground rule, fine stage: tumor components "
                                                                    "under this many mL become kidney, except the largest")
+    p.add_argument("--min-tumor-probability", type=float, default=0.0,
+                   help="foreground rule, fine stage: tumor components whose mean p(tumor) is under this become "
+                        "kidney, except the largest")
     p.add_argument("-o", "--out", type=Path, required=True, help="the new model file")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p = sub.add_parser("all", help="prepare, train rough and fine, tune their decision rules on training cases, "
@@ -265,7 +268,7 @@ def cmd_set_decision(args) -> Path:
     the previous rules are kept in the training record."""
     from BiSCSegmentationLib.decision import Decision
     model = load_model_file(args.model)
-    decision = Decision(args.rule, args.foreground_bias, args.tumor_bias, args.min_tumor_ml)
+    decision = Decision(args.rule, args.foreground_bias, args.tumor_bias, args.min_tumor_ml, args.min_tumor_probability)
     problem = decision.problem(model.stage)
     if problem:
         raise ValueError(problem)

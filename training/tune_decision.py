@@ -27,8 +27,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from BiSCSegmentationLib.cascade import CascadePredictor, NoKidneyFound, canonical_view, small_components
-from BiSCSegmentationLib.decision import Decision, labels_from_differences, relabel_small_tumors
+from BiSCSegmentationLib.cascade import CascadePredictor, NoKidneyFound, canonical_view, paste_max, small_components
+from BiSCSegmentationLib.decision import (Decision, labels_from_differences, probability_to_uint8,
+                                         relabel_tumor_components, tumor_probability)
 from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of
 from BiSCSegmentationLib.volume import Volume
 
@@ -69,23 +70,32 @@ def case_scores(canon: Volume, gt: np.ndarray, rois: list, decisions: Sequence[D
     g = gt[union]
     g_fg, g_tumor = g > 0, g == 2
     voxel_ml = float(np.prod(canon.spacing)) / 1000.0
+    local = [tuple(slice(b.start - u.start, b.stop - u.start) for b, u in zip(box, union)) for box, _ in rois]
+    p_tumor = None
+    if any(d.min_tumor_probability > 0 for d in decisions):  # as the cascade keeps it: uint8, max where ROIs overlap
+        p_tumor = paste_max(union, [b for b, _ in rois], [probability_to_uint8(tumor_probability(d)) for _, d in rois])
     scores = {}
-    for rule in {replace(d, min_tumor_ml=0.0) for d in decisions}:  # labels once per rule and biases
+    for rule in {_labelling(d) for d in decisions}:  # labels once per rule and biases
         merged = np.zeros(g.shape, np.uint8)
-        for box, diff in rois:
+        for (box, diff), here in zip(rois, local):
             labels = labels_from_differences(diff, rule)
             drop = small_components(labels) if keep_largest else None
             if drop is not None:
                 labels[drop] = 0
-            region = merged[tuple(slice(b.start - u.start, b.stop - u.start) for b, u in zip(box, union))]
+            region = merged[here]
             np.maximum(region, labels, out=region)
         for d in decisions:
-            if replace(d, min_tumor_ml=0.0) != rule:
+            if _labelling(d) != rule:
                 continue
-            pred = merged.copy() if d.min_tumor_ml > 0 else merged
-            relabel_small_tumors(pred, voxel_ml, d.min_tumor_ml)
+            pred = merged.copy() if d.has_component_step else merged
+            relabel_tumor_components(pred, voxel_ml, d.min_tumor_ml, p_tumor, d.min_tumor_probability)
             scores[d] = (_dice(pred > 0, g_fg, gk), _dice(pred == 2, g_tumor, gtm))
     return scores
+
+
+def _labelling(d: Decision) -> Decision:
+    """The part of a rule that sets the labels before step 3 (the component step)."""
+    return replace(d, min_tumor_ml=0.0, min_tumor_probability=0.0)
 
 
 _WORKER: Dict = {}
@@ -139,9 +149,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--rough-foreground-bias", type=_floats, default=[],
                     help="also try the rough stage with the foreground rule at these biases (>0: larger kidneys, "
                          "so larger ROIs); each value runs the fine network once more per case")
-    ap.add_argument("--foreground-bias", type=_floats, default=[0.0, 0.125, 0.25, 0.375])
-    ap.add_argument("--tumor-bias", type=_floats, default=[-0.125, 0.0, 0.125])
-    ap.add_argument("--min-tumor-ml", type=_floats, default=[0.0, 1.0, 2.0, 3.0, 4.0, 6.0])
+    ap.add_argument("--foreground-bias", type=_floats, default=[0.0, 0.125, 0.25])
+    ap.add_argument("--tumor-bias", type=_floats, default=[0.0, 0.125])
+    ap.add_argument("--min-tumor-ml", type=_floats, default=[0.0, 2.0, 4.0])
+    ap.add_argument("--min-tumor-probability", type=_floats, default=[0.0, 0.6, 0.65, 0.7],
+                    help="step 3: tumor components whose mean p(tumor) is under this become kidney (0: off)")
     ap.add_argument("--workers", type=int, default=1, help="cases scored in parallel (one process each)")
     ap.add_argument("--out", type=Path, help="every case's scores for every combination (JSON)")
     ap.add_argument("--write", type=Path, metavar="DIR",
@@ -158,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     own = load_model_file(args.models / "fine.pt", stage="fine")
     own_rough = load_model_file(args.models / "rough.pt", stage="rough")
     grid = [Decision("foreground", *c) for c in itertools.product(args.foreground_bias, args.tumor_bias,
-                                                                  args.min_tumor_ml)]
+                                                                  args.min_tumor_ml, args.min_tumor_probability)]
     decisions = list(dict.fromkeys([own.decision] + grid))  # the model's own rule: the reference row
     roughs = list(dict.fromkeys([own_rough.decision] + [Decision("foreground", b) for b in args.rough_foreground_bias]))
     workers = max(1, args.workers)
@@ -205,7 +217,8 @@ def write_models(folder: Path, rough, fine, best, cases, seed_offset, table, for
     import shutil
     folder.mkdir(parents=True, exist_ok=True)
     record = {"cases": cases, "seed_offset": seed_offset,
-              "columns": "rough rule, fine rule (rule, foreground bias, tumor bias, min tumor mL each), kidney, tumor",
+              "columns": ("rough rule, fine rule (rule, foreground bias, tumor bias, min tumor mL, min tumor "
+                          "probability each), kidney, tumor"),
               "scores": table}
     for model, decision, name in ((rough, best[0], "rough.pt"), (fine, best[1], "fine.pt")):
         if decision == model.decision and name == "rough.pt":

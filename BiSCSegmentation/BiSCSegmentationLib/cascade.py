@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .backends import select_backend
-from .decision import Decision, labels_from_differences, relabel_small_tumors
+from .decision import (Decision, labels_from_differences, probability_to_uint8, relabel_tumor_components,
+                       tumor_probability)
 from .model_file import StageModel, load_bundled, load_model_file
 from .resample import (AxisMap, covering_map, nearest_to_stored, resample_linear, resample_view,
                        spacing_map)
@@ -206,17 +207,21 @@ class CascadePredictor:
         canon, reo = canonical_view(ct)
         out_stored = np.zeros(ct.array.shape, dtype=np.uint8)
         out = reo.apply(out_stored)  # a canonical view: pasting into it fills out_stored, no copy back
-        boxes = []
+        boxes, probabilities = [], []
+        need_p = self.decision.min_tumor_probability > 0
         for n, roi in enumerate(rois):
             span = (n / len(rois), (n + 1) / len(rois))
             self._report("fine", span[0])
-            box, labels = self.segment_roi(canon, roi, span)
+            box, labels, p_tumor = self._segment_roi(canon, roi, span, need_p)
             region = out[box]
             np.maximum(region, labels, out=region)  # overlapping ROIs: union, tumor wins over kidney
             boxes.append(box)
-        if self.decision.min_tumor_ml > 0:  # over the whole case, so that a tumor split by two ROIs is one
+            probabilities.append(p_tumor)
+        if self.decision.has_component_step:  # over the whole case, so that a tumor split by two ROIs is one
             union = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
-            relabel_small_tumors(out[union], float(np.prod(canon.spacing)) / 1000.0, self.decision.min_tumor_ml)
+            p_union = paste_max(union, boxes, probabilities) if need_p else None
+            relabel_tumor_components(out[union], float(np.prod(canon.spacing)) / 1000.0, self.decision.min_tumor_ml,
+                                     p_union, self.decision.min_tumor_probability)
         self._report("fine", 1.0)
         result = ct.with_array(out_stored)
         self.timings["fine"] = time.perf_counter() - t0
@@ -224,6 +229,11 @@ class CascadePredictor:
 
     def segment_roi(self, canon: Volume, roi: KidneyROI, span=(0.0, 1.0)) -> Tuple[Tuple[slice, ...], np.ndarray]:
         """Labels for one ROI of a canonical CT: (slices of canon.array, uint8 labels for those voxels)."""
+        box, labels, _ = self._segment_roi(canon, roi, span, False)
+        return box, labels
+
+    def _segment_roi(self, canon: Volume, roi: KidneyROI, span, with_probability: bool):
+        """segment_roi, plus p(tumor) on the same voxels (uint8, 0..255) when asked (else None)."""
         box, restored = self.restored_differences(canon, roi, span)
         labels = labels_from_differences(restored, self.decision)
         # islands on the CT's own grid: found on the coarser fine grid instead, they cost 0.0005 kidney and
@@ -231,7 +241,7 @@ class CascadePredictor:
         drop = small_components(labels) if self.keep_largest else None
         if drop is not None:
             labels[drop] = 0
-        return box, labels
+        return box, labels, probability_to_uint8(tumor_probability(restored)) if with_probability else None
 
     def restored_differences(self, canon: Volume, roi: KidneyROI,
                              span=(0.0, 1.0)) -> Tuple[Tuple[slice, ...], torch.Tensor]:
@@ -287,6 +297,15 @@ def label_argmax(probs: torch.Tensor) -> np.ndarray:
     out = kidney.to(torch.uint8)
     out[p2 > torch.maximum(p0, p1)] = 2
     return out.cpu().numpy()
+
+
+def paste_max(union: Tuple[slice, ...], boxes: Sequence[Tuple[slice, ...]], arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """One array over the ``union`` box holding each of ``arrays`` at its box (their maximum where boxes overlap)."""
+    out = np.zeros(tuple(u.stop - u.start for u in union), dtype=arrays[0].dtype)
+    for box, a in zip(boxes, arrays):
+        region = out[tuple(slice(b.start - u.start, b.stop - u.start) for b, u in zip(box, union))]
+        np.maximum(region, a, out=region)
+    return out
 
 
 def small_components(labels: np.ndarray, min_fraction: float = 0.2) -> Optional[np.ndarray]:

@@ -130,8 +130,8 @@ def build_segment_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
     p.add_argument("--mirror", action="store_true", help="average over 8 mirrorings (better, 8x slower)")
     p.add_argument("--keep-small-tumors", action="store_true",
-                   help="keep every tumor component (skip the fine model's step that turns small separate tumor "
-                        "spots into kidney, the largest tumor excepted)")
+                   help="keep every tumor component (skip the fine model's step that turns separate tumor spots "
+                        "that are small or that the network is unsure of into kidney, the largest tumor excepted)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino", "openvino-bf16", "torch-bf16"),
                    help="what runs the networks: auto = OpenVINO on the CPU when installed, else PyTorch (default)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")

@@ -37,7 +37,7 @@ class Options:
     device: str = "auto"             # auto | cpu | cuda
     mirror: bool = False             # test-time mirroring (8x slower)
     min_component_ml: float = 10.0   # rough stage: smallest structure taken for a kidney
-    keep_small_tumors: bool = False  # fine stage: skip the model's small-tumor step (decision.py)
+    keep_small_tumors: bool = False  # fine stage: skip the model's tumor component step (decision.py)
 
 
 @dataclass

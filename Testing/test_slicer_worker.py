@@ -148,4 +148,4 @@ def test_slicer_request_keep_small_tumors_reaches_the_fine_stage(tmp_path, monke
     for keep in (False, True):
         compute(make_request("segment", choice, device="cpu", rois=[roi], keep_small_tumors=keep), ct,
                 lambda s, f: None, lambda: False)
-    assert seen == [Decision("foreground", 0.125, 0.25, 4.0), Decision("foreground", 0.125, 0.25, 0.0)]
+    assert seen == [Decision("foreground", 0.125, 0.25, 4.0, 0.7), Decision("foreground", 0.125, 0.25)]

@@ -379,3 +379,12 @@ def test_rough_check_measures_the_rois_against_the_truth():
             return type(real)(real.mask, real.lowres, [half])
 
     assert check_case(HalfROI(), ct, labels)["inside_rois"] == pytest.approx(np.mean(pts[:, 0] <= cut), abs=1e-3)
+
+
+def test_case_written_twice_keeps_the_first_and_leaves_no_temporary_folder(tmp_path):
+    # two preparers racing on one case (e.g. a script without a __main__ guard re-run in spawned workers)
+    from bisc_training.data import load_case_arrays, write_case_arrays
+    write_case_arrays(tmp_path / "case_00001", {"a": np.arange(3)})
+    write_case_arrays(tmp_path / "case_00001", {"a": np.arange(5)})
+    assert np.array_equal(load_case_arrays(tmp_path / "case_00001")["a"], np.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case_00001"]

@@ -184,15 +184,21 @@ def _prepare_one(job) -> str:
 
 def write_case_arrays(folder: Path, arrays: Dict[str, np.ndarray]) -> None:
     """One .npy per array (memory-mappable: training processes share them through the page cache);
-    written into a temporary folder renamed at the end, so an interrupted run leaves no half case."""
-    tmp = folder.with_name(f".{folder.name}.part")
+    written into a temporary folder of this process, renamed at the end, so an interrupted run leaves no half
+    case. If another process finished the same case meanwhile, its folder is kept and this copy dropped."""
+    import shutil
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.part")
     if tmp.exists():
-        for f in tmp.iterdir():
-            f.unlink()
-    tmp.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     for key, value in arrays.items():
         np.save(tmp / f"{key}.npy", value)
-    os.replace(tmp, folder)
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+        shutil.rmtree(tmp)
 
 
 def load_case_arrays(folder: Path, prefix: str = "") -> Dict[str, np.ndarray]:

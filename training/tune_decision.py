@@ -70,20 +70,20 @@ def case_scores(canon: Volume, gt: np.ndarray, rois: list, decisions: Sequence[D
     g = gt[union]
     g_fg, g_tumor = g > 0, g == 2
     voxel_ml = float(np.prod(canon.spacing)) / 1000.0
-    local = [tuple(slice(b.start - u.start, b.stop - u.start) for b, u in zip(box, union)) for box, _ in rois]
+    boxes = [b for b, _ in rois]
     p_tumor = None
     if any(d.min_tumor_probability > 0 for d in decisions):  # as the cascade keeps it: uint8, max where ROIs overlap
-        p_tumor = paste_max(union, [b for b, _ in rois], [probability_to_uint8(tumor_probability(d)) for _, d in rois])
+        p_tumor = paste_max(union, boxes, [probability_to_uint8(tumor_probability(diff)) for _, diff in rois])
     scores = {}
     for rule in {_labelling(d) for d in decisions}:  # labels once per rule and biases
-        merged = np.zeros(g.shape, np.uint8)
-        for (box, diff), here in zip(rois, local):
+        per_roi = []
+        for _, diff in rois:
             labels = labels_from_differences(diff, rule)
             drop = small_components(labels) if keep_largest else None
             if drop is not None:
                 labels[drop] = 0
-            region = merged[here]
-            np.maximum(region, labels, out=region)
+            per_roi.append(labels)
+        merged = paste_max(union, boxes, per_roi)  # overlapping ROIs: union, tumor wins (as the cascade pastes)
         for d in decisions:
             if _labelling(d) != rule:
                 continue

@@ -397,8 +397,11 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node = self.logic.workflow.finish_segment(run, status, mode="replace" if box.clickedButton() == replace
                                                       else "new")
         self._parameterNode.outputSegmentation = node
+        used = (status.result or {}).get("rois", run.rois)
+        grown = sum(a != b for a, b in zip(run.rois, used))
         self.ui.statusLabel.text = (f"Wrote \"{node.GetName()}\"{status.ran_on}. "
-                                    "Edit it in Segment Editor; the table follows.")
+                                    + (f"{grown} ROI(s) grown: the kidney reached the box's face. " if grown else "")
+                                    + "Edit it in Segment Editor; the table follows.")
 
     # ------------------------------------------------------------------------------------------ results
     def onOutputChanged(self, node):

@@ -260,3 +260,55 @@ def test_rois_cover_every_kidney_of_all_real_kits19_label_maps():
     # fused/horseshoe kidneys (00005, 00151) and a solitary kidney (00165) give one ROI
     assert set(single) == {"case_00005", "case_00151", "case_00165"}, single
     assert single["case_00151"] == "both"
+
+
+def _cut_rois(canon):
+    """Boxes that cut each kidney of two_kidney_labels (canonical labels ``canon``) off: the right one in z
+    (both faces), the left in x (its upper face only)."""
+    z = float(np.mean(np.nonzero(canon.array)[0]))  # the kidneys' centre slice (KiTS19's z runs reversed)
+    right = KidneyROI(canon.index_to_physical([16, 36, z]), (45, 45, 25.5), "right")
+    left = KidneyROI(canon.index_to_physical([44, 36, z]), (18, 45, 60), "left")  # x 38-50, kidney 41-55
+    return [right, left]
+
+
+def test_an_roi_that_cuts_the_kidney_off_grows_until_it_holds_it_in_kits19_orientation():
+    from BiSCSegmentationLib.volume import kits19_affine_volume
+    labels = kits19_affine_volume(two_kidney_labels((24, 64, 64)), (3.0, 1.5, 1.5))
+    ct = labels.with_array(encode(labels.array))
+    canon = to_canonical(labels)[0]
+    rough, fine = oracle_models((1.5, 1.5, 3.0))
+    rois = _cut_rois(canon)
+    assert all(check_roi(r, ct) == [] for r in rois)
+    cut = CascadePredictor(rough, fine, device="cpu", roi_growth=0).segment(ct, rois).array
+    assert np.count_nonzero(labels.array) - np.count_nonzero(cut) > 250  # both kidneys lose their ends
+    assert CascadePredictor(rough, fine, device="cpu").roi_growth == 0  # off unless asked for (README)
+    predictor = CascadePredictor(rough, fine, device="cpu", roi_growth=2)
+    out = predictor.segment(ct, rois)
+    assert out.same_grid(ct) and np.array_equal(out.array, labels.array)
+    right, left = predictor.used_rois
+    # grown outwards through the touched faces only, the kidney's centre kept inside
+    assert right.size[2] > rois[0].size[2] and right.size[:2] == rois[0].size[:2]
+    assert right.lower[2] < rois[0].lower[2] and right.upper[2] > rois[0].upper[2]
+    assert left.upper[0] > rois[1].upper[0] and left.lower[0] == rois[1].lower[0] and left.size[1:] == rois[1].size[1:]
+    # the ROIs of predict() are those used
+    rough_oracle, _ = oracle_models((1.5, 1.5, 3.0), {"inplane_size": 64, "z_spacing": 3.0})
+    result = CascadePredictor(rough_oracle, fine, device="cpu", min_component_ml=0.01).predict(ct)
+    assert result.rois == predictor.__class__(rough_oracle, fine, device="cpu", min_component_ml=0.01).locate(ct).rois
+
+
+def test_roi_growth_stops_at_the_image_border_and_on_small_touches():
+    from BiSCSegmentationLib.roi import grow_roi, touched_faces
+    fg = np.zeros((10, 20, 30), bool)
+    fg[0, 5:10, 5:10] = True  # 25 voxels on the lower z face
+    box = (slice(4, 14), slice(0, 20), slice(3, 33))
+    spacing_zyx = (3.0, 1.0, 2.0)
+    assert touched_faces(fg, box, (40, 20, 40), spacing_zyx, 50.0) == [(2, -1)]  # 25 x 2 mm2 >= 50
+    assert touched_faces(fg, box, (40, 20, 40), spacing_zyx, 51.0) == []
+    assert touched_faces(fg, (slice(0, 10),) + box[1:], (40, 20, 40), spacing_zyx, 1.0) == []  # CT's first slice
+    fg[1:5, -1, 0] = True  # upper y face (the box ends at the CT's last row) and lower x face
+    assert sorted(touched_faces(fg, box, (40, 20, 40), spacing_zyx, 1.0)) == [(0, -1), (2, -1)]
+    roi = KidneyROI((0, 0, 0), (100, 100, 60), "left")
+    g = grow_roi(roi, [(2, -1), (0, 1)])
+    assert np.allclose(g.lower, [-50, -50, -60]) and np.allclose(g.upper, [100, 50, 30]) and g.side == "left"
+    clipped = grow_roi(roi, [(2, -1), (0, 1)], bounds=(np.array([-99, -99, -40.0]), np.array([70.0, 99, 99])))
+    assert np.allclose(clipped.lower, [-50, -50, -40]) and np.allclose(clipped.upper, [70, 50, 30])

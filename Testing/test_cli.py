@@ -150,6 +150,27 @@ def test_rois_round_trip_runs_fine_stage_only(full_run, models, ct_path, tmp_pat
     np.testing.assert_array_equal(read_volume(out).array, read_volume(paths["labels"]).array)
 
 
+def test_grown_rois_are_reported_and_saved_as_used(models, ct_path, tmp_path, capsys):
+    # the test fine model calls everything kidney, so its foreground reaches every face of a box inside the CT
+    ct = read_volume(ct_path)
+    small = tmp_path / "small.json"
+    save_rois([KidneyROI(ct.index_to_physical((np.array(ct.size_ijk) - 1) / 2), (30, 30, 30), "left")], small)
+    runs = {}
+    for growth in ("0", "2"):
+        out, rois = tmp_path / f"labels{growth}.nrrd", tmp_path / f"rois{growth}.json"
+        rc = segment_main([str(ct_path), "-o", str(out), "--rois", str(small), "--save-rois", str(rois)] +
+                          _args(models, "--roi-growth", growth))
+        assert rc == 0
+        runs[growth] = (read_volume(out).array, load_rois(rois), capsys.readouterr().out)
+    (plain, boxes, said), (grown, used, said_grown) = runs["0"], runs["2"]
+    assert "grown from" not in said and "grown from" in said_grown
+    assert len(boxes) == len(used) and all(np.all(np.array(u.size) >= np.array(b.size)) for b, u in zip(boxes, used))
+    assert any(u != b for b, u in zip(boxes, used))
+    assert np.count_nonzero(grown) > np.count_nonzero(plain) and not np.any(plain & ~grown.astype(bool))
+    assert segment_main([str(ct_path), "-o", str(tmp_path / "x.nrrd")] + _args(models, "--roi-growth", "-1")) == 2
+    assert "--roi-growth must be 0 or more" in capsys.readouterr().err
+
+
 def test_no_kidney_found_exit_3(models, ct_path, tmp_path, capsys):
     out = tmp_path / "none.nii.gz"
     rc = segment_main([str(ct_path), "-o", str(out), "--save-rois", str(tmp_path / "r.json"), "--quiet"]

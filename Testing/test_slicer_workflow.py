@@ -119,3 +119,27 @@ def test_no_kidney_found_is_plain(ctx, ct_node, case_files, tmp_path):
     assert error_message(Status(state="failed", error_kind="NoKidneyFound", error="x")) == NO_KIDNEY_MESSAGE
     with pytest.raises(WorkflowError, match="no kidney ROI"):
         logic.start_segment(ct_node, None)
+
+
+def test_rois_the_fine_stage_grew_are_shown_on_their_nodes(ctx, ct_node):
+    from BiSCSegmentationLib.roi import KidneyROI, grow_roi
+    from BiSCSegmentationSlicer import rois
+
+    nodes = [rois.create_roi_node(ctx, ct_node, KidneyROI((x, 10.0, -40.0), (120.0, 120.0, 150.0), side))
+             for x, side in ((-70.0, "right"), (70.0, "left"))]
+    try:
+        requested = [rois.kidney_roi(n) for n in nodes]
+        grown = grow_roi(requested[0], [(2, -1)])  # towards the feet
+        assert rois.show_grown(ctx, ct_node, requested, [grown, requested[1]]) == 1
+        shown = rois.kidney_roi(nodes[0])
+        assert np.allclose(shown.center, grown.center) and np.allclose(shown.size, grown.size)
+        assert np.allclose(nodes[0].GetCenter(), [70.0, -10.0, grown.center[2]])  # RAS
+        assert rois.kidney_roi(nodes[1]) == requested[1]
+        # a node the person moved while the fine stage ran is left where they put it
+        nodes[1].SetCenter(-80.0, -10.0, -40.0)
+        moved = rois.kidney_roi(nodes[1])
+        assert rois.show_grown(ctx, ct_node, [requested[1]], [grow_roi(requested[1], [(0, 1)])]) == 0
+        assert rois.kidney_roi(nodes[1]) == moved
+    finally:
+        for n in nodes:
+            ctx.remove(n)

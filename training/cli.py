@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--mirror", action="store_true", help="test-time mirroring: average over 8 mirrorings per stage "
                                                         "(as bisc-segment --mirror; 8x slower)")
+    p.add_argument("--roi-growth", type=int, default=0, metavar="N",
+                   help="grow ROIs the fine foreground reaches the face of, at most N times (as bisc-segment "
+                        "--roi-growth; default 0: off)")
     p = sub.add_parser("prior-correct", help="add the training patches' log class frequencies, scaled, to the "
                                              "label logits of a model trained with Eq. 1 (done by 'stage' itself)")
     p.add_argument("model", type=Path, help="a rough.pt or fine.pt trained with --loss bce")
@@ -294,19 +297,21 @@ class LazyCases:
         return self.cases[n], ct, gt
 
 
-def _predictor(models: Path, device: str, mirror: bool = False):
+def _predictor(models: Path, device: str, mirror: bool = False, roi_growth: int = 0):
     from BiSCSegmentationLib.cascade import CascadePredictor
     return CascadePredictor(load_model_file(models / "rough.pt", stage="rough"),
-                            load_model_file(models / "fine.pt", stage="fine"), device=device, mirror=mirror)
+                            load_model_file(models / "fine.pt", stage="fine"), device=device, mirror=mirror,
+                            roi_growth=roi_growth)
 
 
 _WORKER = {}
 
 
-def _worker_init(models: str, device: str, kits: str, synthesize: bool, threads: int, mirror: bool = False) -> None:
+def _worker_init(models: str, device: str, kits: str, synthesize: bool, threads: int, mirror: bool = False,
+                 roi_growth: int = 0) -> None:
     import torch
     torch.set_num_threads(threads)
-    _WORKER.update(predictor=_predictor(Path(models), device, mirror), kits=kits, synthesize=synthesize)
+    _WORKER.update(predictor=_predictor(Path(models), device, mirror, roi_growth), kits=kits, synthesize=synthesize)
 
 
 def _worker_case(case_id: str) -> dict:
@@ -323,14 +328,15 @@ def cmd_evaluate(args, split: dict, models: Path, out: Path) -> dict:
 
     workers = max(1, int(getattr(args, "workers", 1) or 1))
     mirror = bool(getattr(args, "mirror", False))
+    growth = int(getattr(args, "roi_growth", 0) or 0)
     if workers == 1:
-        return evaluate_cascade(_predictor(models, args.device, mirror),
+        return evaluate_cascade(_predictor(models, args.device, mirror, growth),
                                 LazyCases(args.kits, split["test"], args.synthesize), out)
     import multiprocessing as mp
     check_outputs(out, False)
     threads = max(1, (os.cpu_count() or 1) // workers)
     rows = []
-    init = (str(models), args.device, str(args.kits), bool(args.synthesize), threads, mirror)
+    init = (str(models), args.device, str(args.kits), bool(args.synthesize), threads, mirror, growth)
     with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=init) as pool:
         for row in tqdm(pool.imap_unordered(_worker_case, split["test"]), total=len(split["test"]),
                         desc="evaluating cascade", unit="case"):

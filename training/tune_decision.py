@@ -43,14 +43,15 @@ def _floats(text: str) -> List[float]:
 
 def restored_differences(predictor: CascadePredictor, ct: Volume, rois=None) -> Tuple[Volume, list]:
     """The canonical CT and, per ROI (default: those the rough stage finds), the cascade's own
-    ``(box, restored (p1 - p0, p2 - p0))``."""
+    ``(box, restored (p1 - p0, p2 - p0))``, on the ROI as the cascade grows it (``roi_growth``) under the
+    predictor's own fine rule: every rule of the grid is then scored on those boxes."""
     canon, _ = canonical_view(ct)
     if rois is None:
         try:
             rois = predictor.locate(ct).rois
         except NoKidneyFound:
             rois = []
-    return canon, [predictor.restored_differences(canon, roi) for roi in rois]
+    return canon, [predictor.grown_differences(canon, roi)[1:3] for roi in rois]
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray, truth_total: int) -> float:
@@ -101,11 +102,14 @@ def _labelling(d: Decision) -> Decision:
 _WORKER: Dict = {}
 
 
-def _init(models: str, kits: str, offset: Optional[int], rough_decisions, decisions, threads: int) -> None:
+def _init(models: str, kits: str, offset: Optional[int], rough_decisions, decisions, threads: int,
+          growth: Tuple[int, float] = (0, 200.0)) -> None:
     import torch
     torch.set_num_threads(threads)
     m = Path(models)
-    _WORKER.update(predictor=CascadePredictor.from_files(m / "rough.pt", m / "fine.pt", device="cpu"),
+    predictor = CascadePredictor.from_files(m / "rough.pt", m / "fine.pt", device="cpu", roi_growth=growth[0],
+                                            roi_growth_min_mm2=growth[1])
+    _WORKER.update(predictor=predictor,
                    kits=Path(kits), offset=offset, rough_decisions=rough_decisions, decisions=decisions)
 
 
@@ -154,6 +158,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--min-tumor-ml", type=_floats, default=[0.0, 2.0, 4.0])
     ap.add_argument("--min-tumor-probability", type=_floats, default=[0.0, 0.6, 0.65, 0.7],
                     help="step 3: tumor components whose mean p(tumor) is under this become kidney (0: off)")
+    ap.add_argument("--roi-growth", type=int, default=0, metavar="N",
+                    help="grow an ROI whose fine foreground touches a face at most N times, as bisc-segment "
+                         "--roi-growth (default 0: never)")
+    ap.add_argument("--roi-growth-min-mm2", type=float, default=200.0,
+                    help="how much of a face the foreground must touch for the ROI to grow")
     ap.add_argument("--workers", type=int, default=1, help="cases scored in parallel (one process each)")
     ap.add_argument("--out", type=Path, help="every case's scores for every combination (JSON)")
     ap.add_argument("--write", type=Path, metavar="DIR",
@@ -176,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     workers = max(1, args.workers)
     offset = args.seed_offset if args.synthesize else None
     init = (str(args.models), str(args.kits), offset, roughs, decisions,
-            max(1, (os.cpu_count() or 1) // workers))
+            max(1, (os.cpu_count() or 1) // workers), (args.roi_growth, args.roi_growth_min_mm2))
     rows = {}
     if workers == 1:
         _init(*init)

@@ -27,7 +27,7 @@ from .decision import (Decision, labels_from_differences, probability_to_uint8, 
 from .model_file import StageModel, load_bundled, load_model_file
 from .resample import (AxisMap, covering_map, nearest_to_stored, resample_linear, resample_view,
                        spacing_map)
-from .roi import KidneyROI, check_roi, roi_index_bounds, rois_from_mask
+from .roi import KidneyROI, check_roi, grow_roi, roi_index_bounds, rois_from_mask, touched_faces
 from .volume import Reorientation, Volume, VolumeError, canonical_reorientation
 
 ProgressCallback = Callable[[str, float], None]
@@ -93,7 +93,7 @@ class CascadePredictor:
 
     def __init__(self, rough: StageModel, fine: StageModel, device: str = "auto", mirror: bool = False,
                  progress: Optional[ProgressCallback] = None, cancel=None, min_component_ml: float = 10.0,
-                 keep_largest: bool = True,
+                 keep_largest: bool = True, roi_growth: int = 0, roi_growth_min_mm2: float = 200.0,
                  backend="auto", precision: Optional[str] = None, decision: Optional[Decision] = None,
                  rough_decision: Optional[Decision] = None):
         if rough.stage != "rough" or fine.stage != "fine":
@@ -111,6 +111,11 @@ class CascadePredictor:
         self.cancel = cancel
         self.min_component_ml = min_component_ml
         self.keep_largest = keep_largest
+        # an ROI whose fine foreground touches a face (over >= roi_growth_min_mm2) is grown through it and run
+        # again, at most roi_growth times (0, the default: never; see grown_differences for why it is off);
+        # used_rois are the boxes the last segment() used
+        self.roi_growth, self.roi_growth_min_mm2 = int(roi_growth), float(roi_growth_min_mm2)
+        self.used_rois: List[KidneyROI] = []
         # how each stage's probabilities become labels: the model file's own rule unless one is given
         self.decision = fine.decision if decision is None else decision
         self.rough_decision = rough.decision if rough_decision is None else rough_decision
@@ -207,12 +212,13 @@ class CascadePredictor:
         canon, reo = canonical_view(ct)
         out_stored = np.zeros(ct.array.shape, dtype=np.uint8)
         out = reo.apply(out_stored)  # a canonical view: pasting into it fills out_stored, no copy back
-        boxes, probabilities = [], []
+        boxes, probabilities, used = [], [], []
         need_p = self.decision.min_tumor_probability > 0
         for n, roi in enumerate(rois):
             span = (n / len(rois), (n + 1) / len(rois))
             self._report("fine", span[0])
-            box, labels, p_tumor = self._segment_roi(canon, roi, span, need_p)
+            roi, box, labels, p_tumor = self._segment_roi(canon, roi, span, need_p)
+            used.append(roi)
             region = out[box]
             np.maximum(region, labels, out=region)  # overlapping ROIs: union, tumor wins over kidney
             boxes.append(box)
@@ -222,26 +228,51 @@ class CascadePredictor:
             p_union = paste_max(union, boxes, probabilities) if need_p else None
             relabel_tumor_components(out[union], float(np.prod(canon.spacing)) / 1000.0, self.decision.min_tumor_ml,
                                      p_union, self.decision.min_tumor_probability)
+        self.used_rois = used
         self._report("fine", 1.0)
         result = ct.with_array(out_stored)
         self.timings["fine"] = time.perf_counter() - t0
         return result
 
     def segment_roi(self, canon: Volume, roi: KidneyROI, span=(0.0, 1.0)) -> Tuple[Tuple[slice, ...], np.ndarray]:
-        """Labels for one ROI of a canonical CT: (slices of canon.array, uint8 labels for those voxels)."""
-        box, labels, _ = self._segment_roi(canon, roi, span, False)
+        """Labels for one ROI of a canonical CT: (slices of canon.array, uint8 labels for those voxels); the
+        box is the grown ROI's when the ROI grew."""
+        _, box, labels, _ = self._segment_roi(canon, roi, span, False)
         return box, labels
 
     def _segment_roi(self, canon: Volume, roi: KidneyROI, span, with_probability: bool):
-        """segment_roi, plus p(tumor) on the same voxels (uint8, 0..255) when asked (else None)."""
-        box, restored = self.restored_differences(canon, roi, span)
-        labels = labels_from_differences(restored, self.decision)
-        # islands on the CT's own grid: found on the coarser fine grid instead, they cost 0.0005 kidney and
-        # 0.0007 tumor Dice on the 34 held-out phantoms (thin links to the kidney break there)
-        drop = small_components(labels) if self.keep_largest else None
-        if drop is not None:
-            labels[drop] = 0
-        return box, labels, probability_to_uint8(tumor_probability(restored)) if with_probability else None
+        """(ROI used, box, labels, p(tumor) on the same voxels as uint8 0..255 when asked, else None)."""
+        roi, box, restored, labels = self.grown_differences(canon, roi, span)
+        return roi, box, labels, probability_to_uint8(tumor_probability(restored)) if with_probability else None
+
+    def grown_differences(self, canon: Volume, roi: KidneyROI, span=(0.0, 1.0)):
+        """:meth:`restored_differences` and this stage's labels on ``roi``, grown through the faces its
+        foreground touches and run again (at most ``roi_growth`` times): (ROI used, box, restored, labels).
+
+        A rough stage that takes part of a large tumor for background gives a box that cuts the kidney off;
+        the fine network, which sees the tumor at full resolution, then marks foreground up to the box's
+        face. Growing fixes that (24 training phantoms with v7, 2 rounds, 200 mm2: kidney / tumor Dice 0.9549 /
+        0.8381 -> 0.9645 / 0.8486, one case 0.58 -> 0.81 kidney) but also follows false foreground into the
+        next organ (34 held-out phantoms: 0.9479 / 0.7441 -> 0.9370 / 0.7150), so it is off by default.
+        Extra rounds report no progress.
+        """
+        bounds = _physical_bounds(canon)
+        for round_ in range(self.roi_growth + 1):
+            box, restored = self.restored_differences(canon, roi, span if round_ == 0 else (span[1], span[1]))
+            labels = labels_from_differences(restored, self.decision)
+            # islands on the CT's own grid: found on the coarser fine grid instead, they cost 0.0005 kidney and
+            # 0.0007 tumor Dice on the 34 held-out phantoms (thin links to the kidney break there)
+            drop = small_components(labels) if self.keep_largest else None
+            if drop is not None:
+                labels[drop] = 0
+            if round_ == self.roi_growth:
+                break
+            faces = touched_faces(labels > 0, box, canon.array.shape, canon.spacing[::-1], self.roi_growth_min_mm2)
+            grown = grow_roi(roi, faces, bounds=bounds) if faces else roi
+            if grown == roi:
+                break
+            roi = grown
+        return roi, box, restored, labels
 
     def restored_differences(self, canon: Volume, roi: KidneyROI,
                              span=(0.0, 1.0)) -> Tuple[Tuple[slice, ...], torch.Tensor]:
@@ -271,7 +302,7 @@ class CascadePredictor:
         rough = self.locate(ct)
         labels = self.segment(ct, rough.rois)
         self.timings["total"] = time.perf_counter() - t0
-        return CascadeResult(labels, rough, rough.rois, dict(self.timings))
+        return CascadeResult(labels, rough, list(self.used_rois), dict(self.timings))
 
 
 # ---------------------------------------------------------------------------------------------------- glue
@@ -360,6 +391,14 @@ def _grid_volume(canon: Volume, maps: Sequence[AxisMap], array: np.ndarray) -> V
     step_ijk = np.array([maps[2].step, maps[1].step, maps[0].step])
     origin = canon.index_to_physical(start_ijk)
     return Volume(array, tuple(np.array(canon.spacing) * step_ijk), tuple(origin), canon.direction)
+
+
+def _physical_bounds(canon: Volume) -> Tuple[np.ndarray, np.ndarray]:
+    """LPS bounding box of the CT's voxels (their outer faces): an ROI never needs to grow past it."""
+    n = np.array(canon.size_ijk, dtype=float)
+    corners = np.array([[i, j, k] for i in (-0.5, n[0] - 0.5) for j in (-0.5, n[1] - 0.5) for k in (-0.5, n[2] - 0.5)])
+    phys = canon.index_to_physical(corners)
+    return phys.min(axis=0), phys.max(axis=0)
 
 
 def _midline_x(canon: Volume) -> float:

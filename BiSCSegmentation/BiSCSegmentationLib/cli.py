@@ -132,6 +132,11 @@ def build_segment_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-small-tumors", action="store_true",
                    help="keep every tumor component (skip the fine model's step that turns separate tumor spots "
                         "that are small or that the network is unsure of into kidney, the largest tumor excepted)")
+    p.add_argument("--roi-growth", type=int, default=0, metavar="N",
+                   help="grow an ROI whose kidney or tumor reaches its face through that face and run the fine stage "
+                        "again, at most N times (default 0: the boxes exactly as given; 2 recovers kidneys a box "
+                        "cut off, but also follows false kidney into neighbouring organs, see README). "
+                        "--save-rois writes the boxes used")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino", "openvino-bf16", "torch-bf16"),
                    help="what runs the networks: auto = OpenVINO on the CPU when installed, else PyTorch (default)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -205,8 +210,11 @@ def load_predictor(args, progress=None):
             raise ModelFileError(f"{exc} (or pass --rough-model FILE --fine-model FILE)") from exc
     try:
         keep = getattr(args, "keep_small_tumors", False)
+        growth = getattr(args, "roi_growth", 0)
+        if growth < 0:
+            raise UsageError(f"--roi-growth must be 0 or more, got {growth}")
         return CascadePredictor(rough, fine, device=args.device, mirror=args.mirror, progress=progress,
-                                backend=getattr(args, "backend", "auto"),
+                                backend=getattr(args, "backend", "auto"), roi_growth=growth,
                                 decision=fine.decision.without_small_tumor_step() if keep else None)
     except (ValueError, BackendError) as exc:
         raise UsageError(str(exc)) from exc
@@ -303,6 +311,12 @@ def run_segment(args) -> SegmentOutcome:
                 if not rois:
                     raise NoKidneyFound()
                 labels = predictor.segment(ct, rois)
+        if not args.rough_only:
+            grown = [(a, b) for a, b in zip(rois, predictor.used_rois) if a != b]
+            rois = list(predictor.used_rois)  # what the labels come from (and what --save-rois writes)
+            for before, after in (grown if not args.quiet else []):
+                progress.write(f"{after.name} grown from {_mm(before.size)} to {_mm(after.size)}: the kidney "
+                               f"reached its face")
         for stage, key in (("rough", "rough stage"), ("locate", "find ROIs"), ("fine", "fine stage")):
             if stage in predictor.timings:
                 timings[key] = predictor.timings[stage]
@@ -336,6 +350,10 @@ def run_segment(args) -> SegmentOutcome:
         for key, value in timings.items():
             print(f"  {key:<14} {value:8.2f} s")
     return SegmentOutcome(ct, labels, rois, written, timings)
+
+
+def _mm(size) -> str:
+    return " x ".join(f"{v:.0f}" for v in size) + " mm"
 
 
 def _error(msg: str) -> None:

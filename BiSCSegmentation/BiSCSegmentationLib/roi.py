@@ -6,7 +6,9 @@ resize them in any viewer and lets the fine stage run at its own spacing.
 
 Sizing follows the paper (Sec. 3.2): in-plane 160 fine-model voxels, or 192 when the kidney is bigger,
 along z a multiple of 16 larger than the kidney. Kidneys wider than 192 voxels (about 5% in KiTS19) get the
-next multiple of 16, so no kidney or tumor is ever cut off.
+next multiple of 16, so no kidney or tumor is ever cut off. A kidney the rough stage saw only in part
+(a large tumor it took for background) can still reach past its box: the fine stage then grows the box
+through the faces its foreground touches (:func:`touched_faces`, :func:`grow_roi`) and runs again.
 """
 from __future__ import annotations
 
@@ -178,6 +180,39 @@ def roi_overlap_fraction(roi: KidneyROI, volume: Volume) -> float:
     inter = np.clip(np.minimum(hi, n - 0.5) - np.maximum(lo, -0.5), 0, None)
     full = np.maximum(hi - lo, 1e-9)
     return float(np.prod(inter / full))
+
+
+# ------------------------------------------------------------------------------------------------ ROI growth
+def touched_faces(foreground: np.ndarray, box: Sequence[slice], shape: Sequence[int], spacing_zyx: Sequence[float],
+                  min_area_mm2: float) -> List[Tuple[int, int]]:
+    """Faces of an ROI that its fine-stage ``foreground`` (the box's voxels of a canonical CT of ``shape``)
+    touches over at least ``min_area_mm2``, as (LPS axis 0-2, side -1 lower / +1 upper). A face on the CT's
+    own border is never reported: there is nothing beyond it. Canonical axes (z, y, x) point along +S, +P,
+    +L, so a touched lower z face means the kidney goes on towards the feet."""
+    out = []
+    for ax in range(3):
+        area = float(np.prod([spacing_zyx[a] for a in range(3) if a != ax]))
+        for side, index, at_border in ((-1, 0, box[ax].start <= 0), (1, -1, box[ax].stop >= shape[ax])):
+            if at_border or foreground.shape[ax] == 0:
+                continue
+            if np.count_nonzero(np.take(foreground, index, axis=ax)) * area >= min_area_mm2:
+                out.append((2 - ax, side))
+    return out
+
+
+def grow_roi(roi: KidneyROI, faces: Sequence[Tuple[int, int]], fraction: float = 0.5,
+             bounds: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> KidneyROI:
+    """The ROI pushed outwards by ``fraction`` of its size through each of ``faces`` (from
+    :func:`touched_faces`), but not past ``bounds`` (LPS lower, upper corners: the CT's extent); the
+    opposite faces stay where they are."""
+    lo, hi = roi.lower.copy(), roi.upper.copy()
+    for axis, side in faces:
+        step = fraction * roi.size[axis]
+        if side < 0:
+            lo[axis] = min(lo[axis], max(lo[axis] - step, bounds[0][axis])) if bounds else lo[axis] - step
+        else:
+            hi[axis] = max(hi[axis], min(hi[axis] + step, bounds[1][axis])) if bounds else hi[axis] + step
+    return KidneyROI(tuple((lo + hi) / 2), tuple(hi - lo), roi.side)
 
 
 # ------------------------------------------------------------------------------------------------------- JSON

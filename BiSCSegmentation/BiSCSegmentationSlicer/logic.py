@@ -38,6 +38,7 @@ class Options:
     mirror: bool = False             # test-time mirroring (8x slower)
     min_component_ml: float = 10.0   # rough stage: smallest structure taken for a kidney
     keep_small_tumors: bool = False  # fine stage: skip the model's tumor component step (decision.py)
+    roi_growth: int = 0              # fine stage: grow an ROI the kidney reaches the face of, at most N times
 
 
 @dataclass
@@ -102,7 +103,7 @@ class BiSCLogic:
             raise WorkflowError(" ".join(problems))
         ct = self.ct(volume_node)
         request = make_request(task, options.model.to_dict(), options.device, options.mirror,
-                               options.min_component_ml, rois, options.keep_small_tumors)
+                               options.min_component_ml, rois, options.keep_small_tumors, options.roi_growth)
         job = ThreadJob(request, ct) if self.runner == "thread" else ProcessJob(request, ct, python=self.python)
         return Run(task, volume_node, ct, job.start(), list(rois))
 
@@ -170,7 +171,9 @@ class BiSCLogic:
     def finish_segment(self, run: Run, status: Status, mode: str = "ask"):
         """Write "<volume> kidneys" (see segmentation.write_output for ``mode``) and its planning table."""
         result = self._check(run, status, "segment")
-        return self.apply_labels(run.volume_node, result["labels"], run.rois, mode=mode, ct=run.ct)
+        used = result.get("rois", run.rois)
+        roi_nodes.show_grown(self.ctx, run.volume_node, run.rois, used)
+        return self.apply_labels(run.volume_node, result["labels"], used, mode=mode, ct=run.ct)
 
     def apply_labels(self, volume_node, labels: np.ndarray, rois: List, mode: str = "ask", ct=None):
         ct = ct if ct is not None else self.ct(volume_node)

@@ -174,6 +174,27 @@ def kidney_roi(node):
         raise SceneError(f"{node.GetName()}: {exc}") from exc
 
 
+def show_grown(ctx: SceneContext, volume_node, requested: Sequence, used: Sequence) -> int:
+    """Resize the ROI nodes that the fine stage grew (it grows a box that cut the kidney off) to the boxes it
+    used, so that the person sees what was segmented. A node moved meanwhile is left alone. Returns how many
+    nodes changed."""
+    changed = 0
+    if len(requested) != len(used):
+        return 0
+    current = current_rois(ctx, volume_node, rename=False)
+    for before, after in zip(requested, used):
+        if after == before:
+            continue
+        for node, roi in current:
+            if roi == before:
+                x, y, z = after.center
+                node.SetCenter(-x, -y, z)
+                node.SetSize(*after.size)
+                changed += 1
+                break
+    return changed
+
+
 def update_side(node, midline: float) -> str:
     """Re-derive the node's side from where it is now; rename and recolor it when the side changed."""
     center, size, _ = node_box_lps(node)

@@ -41,7 +41,8 @@ class Status:
     fraction: float = 0.0
     error: str = ""
     error_kind: str = ""           # exception class name (NoKidneyFound, ModelFileError, Cancelled, ...)
-    result: Optional[dict] = None  # locate: {"mask", "rois"}; segment: {"labels"}; both: "backend", "seconds"
+    # locate: {"mask", "rois"}; segment: {"labels", "rois" (the boxes used)}; both: "backend", "seconds"
+    result: Optional[dict] = None
     details: str = ""              # traceback / log tail for the Python console
 
     @property
@@ -61,12 +62,13 @@ class Status:
 
 
 def make_request(task: str, model: dict, device: str = "auto", mirror: bool = False,
-                 min_component_ml: float = 10.0, rois=(), keep_small_tumors: bool = False) -> dict:
+                 min_component_ml: float = 10.0, rois=(), keep_small_tumors: bool = False,
+                 roi_growth: int = 0) -> dict:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}")
     return {"task": task, "model": dict(model), "device": device, "mirror": bool(mirror),
             "min_component_ml": float(min_component_ml), "rois": [r.to_dict() for r in rois],
-            "keep_small_tumors": bool(keep_small_tumors)}
+            "keep_small_tumors": bool(keep_small_tumors), "roi_growth": int(roi_growth)}
 
 
 def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -> dict:
@@ -80,7 +82,8 @@ def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -
     rough, fine = load_models(ModelChoice.from_dict(request["model"]), progress)
     predictor = CascadePredictor(rough, fine, device=request.get("device", "auto"), mirror=request.get("mirror", False),
                                  progress=progress, cancel=cancel,
-                                 min_component_ml=float(request.get("min_component_ml", 10.0)))
+                                 min_component_ml=float(request.get("min_component_ml", 10.0)),
+                                 roi_growth=int(request.get("roi_growth", 0)))
     if request.get("keep_small_tumors"):
         predictor.decision = predictor.decision.without_small_tumor_step()
     if request["task"] == "locate":
@@ -89,7 +92,8 @@ def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -
     else:
         rois = [KidneyROI(r["center"], r["size"], r.get("side", "unknown")) for r in request["rois"]]
         labels = predictor.segment(ct, rois)
-        result = {"labels": np.asarray(labels.array).astype(np.uint8)}
+        # the boxes the fine stage used: an ROI that cut the kidney off was grown (CascadePredictor.roi_growth)
+        result = {"labels": np.asarray(labels.array).astype(np.uint8), "rois": list(predictor.used_rois)}
     # shown to the user: which backend ran (e.g. "OpenVINO f32 on CPU" or the torch fallback) and how long
     result["backend"] = predictor.backend_name
     result["seconds"] = round(sum(predictor.timings.values()), 2)

@@ -149,3 +149,27 @@ def test_slicer_request_keep_small_tumors_reaches_the_fine_stage(tmp_path, monke
         compute(make_request("segment", choice, device="cpu", rois=[roi], keep_small_tumors=keep), ct,
                 lambda s, f: None, lambda: False)
     assert seen == [Decision("foreground", 0.125, 0.25, 4.0, 0.7), Decision("foreground", 0.125, 0.25)]
+
+
+def test_slicer_request_roi_growth_reaches_the_fine_stage_and_the_boxes_used_come_back(tmp_path, monkeypatch):
+    from BiSCSegmentationLib.cascade import CascadePredictor
+    from BiSCSegmentationLib.phantom import make_case
+    from BiSCSegmentationLib.roi import KidneyROI, grow_roi
+    from BiSCSegmentationSlicer.models import ModelChoice
+    from BiSCSegmentationSlicer.worker import compute, make_request
+    from test_decision import _rule_files
+    rough, fine = _rule_files(tmp_path)
+    seen = []
+
+    def fake_segment(self, ct, rois):
+        seen.append(self.roi_growth)
+        self.used_rois = [grow_roi(r, [(2, 1)]) if self.roi_growth else r for r in rois]
+        return ct
+    monkeypatch.setattr(CascadePredictor, "segment", fake_segment)
+    choice = ModelChoice(kind="files", rough_path=rough, fine_path=fine).to_dict()
+    ct, _ = make_case(seed=0)
+    roi = KidneyROI(tuple(ct.index_to_physical(np.array(ct.size_ijk) / 2)), (80.0, 80.0, 80.0), "left")
+    results = [compute(make_request("segment", choice, device="cpu", rois=[roi], roi_growth=n), ct,
+                       lambda s, f: None, lambda: False) for n in (0, 2)]
+    assert seen == [0, 2]
+    assert results[0]["rois"] == [roi] and results[1]["rois"] == [grow_roi(roi, [(2, 1)])]

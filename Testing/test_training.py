@@ -388,3 +388,26 @@ def test_case_written_twice_keeps_the_first_and_leaves_no_temporary_folder(tmp_p
     write_case_arrays(tmp_path / "case_00001", {"a": np.arange(5)})
     assert np.array_equal(load_case_arrays(tmp_path / "case_00001")["a"], np.arange(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case_00001"]
+
+
+def test_all_prepares_trains_tunes_and_evaluates_in_one_command(kits_like, tmp_path, capsys):
+    from bisc_training.cli import main
+    root, cases, _ = kits_like
+    out = tmp_path / "run"
+    args = ["all", "--kits", str(root), "--out", str(out), "--inplane-size", "32", "--rough-z-spacing", "8",
+            "--fine-spacing", "3,3,4", "--widths", "4,8,16,32", "--epochs", "1", "--iterations", "2",
+            "--batch-size", "2", "--patch-size", "8,16,16", "--calibration-cases", "1", "--tune-cases", "1",
+            "--device", "cpu", "--threads", "1", "--checkpoint-every", "1"]
+    assert main(args) == 0, capsys.readouterr().err
+    split = json.loads((out / "split.json").read_text())
+    assert sorted(split["train"] + split["test"]) == cases and all((out / "cache" / c).is_dir() for c in cases)
+    rough, fine = load_model_file(out / "rough.pt", stage="rough"), load_model_file(out / "fine.pt", stage="fine")
+    assert rough.training["iterations_done"] == fine.training["iterations_done"] == 2
+    tuned = fine.training["decision_tuning"]["cases"]  # the tuning step wrote its rules, from a training case
+    assert len(tuned) == 1 and set(tuned) <= set(split["train"])
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert tuning["cases"] == tuned and tuning["scores"]
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    per_case = (out / "evaluation" / "per_case.csv").read_text()
+    assert all(c in per_case for c in split["test"]) and not any(c in per_case for c in split["train"])
+    assert summary["n_cases"] == len(split["test"]) and 0.0 <= summary["metrics"]["kidney_dice"]["mean"] <= 1.0

@@ -115,6 +115,7 @@ class CascadePredictor:
         # again, at most roi_growth times (0, the default: never; see grown_differences for why it is off);
         # used_rois are the boxes the last segment() used
         self.roi_growth, self.roi_growth_min_mm2 = int(roi_growth), float(roi_growth_min_mm2)
+        self.roi_growth_label = 1  # what must touch the face: 1 kidney or tumor, 2 tumor only (README: ROI growth)
         self.used_rois: List[KidneyROI] = []
         # how each stage's probabilities become labels: the model file's own rule unless one is given
         self.decision = fine.decision if decision is None else decision
@@ -267,7 +268,8 @@ class CascadePredictor:
                 labels[drop] = 0
             if round_ == self.roi_growth:
                 break
-            faces = touched_faces(labels > 0, box, canon.array.shape, canon.spacing[::-1], self.roi_growth_min_mm2)
+            faces = touched_faces(labels >= self.roi_growth_label, box, canon.array.shape, canon.spacing[::-1],
+                                  self.roi_growth_min_mm2)
             grown = grow_roi(roi, faces, bounds=bounds) if faces else roi
             if grown == roi:
                 break

@@ -291,13 +291,15 @@ def test_an_roi_that_cuts_the_kidney_off_grows_until_it_holds_it_in_kits19_orien
     assert right.lower[2] < rois[0].lower[2] and right.upper[2] > rois[0].upper[2]
     assert left.upper[0] > rois[1].upper[0] and left.lower[0] == rois[1].lower[0] and left.size[1:] == rois[1].size[1:]
     # growing only through faces that tumor touches: the cut faces here are kidney (the tumor touches < 200 mm2)
-    guarded = CascadePredictor(rough, fine, device="cpu", roi_growth=2)
-    guarded.roi_growth_label = 2
+    guarded = CascadePredictor(rough, fine, device="cpu", roi_growth=2, roi_growth_label=2)
     assert np.array_equal(guarded.segment(ct, rois).array, cut) and guarded.used_rois == rois
     # the ROIs of predict() are those used
     rough_oracle, _ = oracle_models((1.5, 1.5, 3.0), {"inplane_size": 64, "z_spacing": 3.0})
     result = CascadePredictor(rough_oracle, fine, device="cpu", min_component_ml=0.01).predict(ct)
     assert result.rois == predictor.__class__(rough_oracle, fine, device="cpu", min_component_ml=0.01).locate(ct).rois
+    for bad in ({"roi_growth": -1}, {"roi_growth_label": 0}, {"roi_growth_min_mm2": float("nan")}):
+        with pytest.raises(ValueError, match="ROI growth needs"):
+            CascadePredictor(rough, fine, device="cpu", **bad)
 
 
 def test_roi_growth_stops_at_the_image_border_and_on_small_touches():

@@ -168,7 +168,7 @@ def test_grown_rois_are_reported_and_saved_as_used(models, ct_path, tmp_path, ca
     assert any(u != b for b, u in zip(boxes, used))
     assert np.count_nonzero(grown) > np.count_nonzero(plain) and not np.any(plain & ~grown.astype(bool))
     assert segment_main([str(ct_path), "-o", str(tmp_path / "x.nrrd")] + _args(models, "--roi-growth", "-1")) == 2
-    assert "--roi-growth must be 0 or more" in capsys.readouterr().err
+    assert "roi_growth >= 0 (got -1)" in capsys.readouterr().err
 
 
 def test_no_kidney_found_exit_3(models, ct_path, tmp_path, capsys):

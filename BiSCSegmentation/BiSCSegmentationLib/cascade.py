@@ -93,7 +93,7 @@ class CascadePredictor:
 
     def __init__(self, rough: StageModel, fine: StageModel, device: str = "auto", mirror: bool = False,
                  progress: Optional[ProgressCallback] = None, cancel=None, min_component_ml: float = 10.0,
-                 keep_largest: bool = True, roi_growth: int = 0, roi_growth_min_mm2: float = 200.0,
+                 keep_largest: bool = True, roi_growth: int = 0, roi_growth_min_mm2: float = 200.0, roi_growth_label: int = 1,
                  backend="auto", precision: Optional[str] = None, decision: Optional[Decision] = None,
                  rough_decision: Optional[Decision] = None):
         if rough.stage != "rough" or fine.stage != "fine":
@@ -114,8 +114,12 @@ class CascadePredictor:
         # an ROI whose fine foreground touches a face (over >= roi_growth_min_mm2) is grown through it and run
         # again, at most roi_growth times (0, the default: never; see grown_differences for why it is off);
         # used_rois are the boxes the last segment() used
+        # roi_growth_label: what must touch the face, 1 kidney or tumor, 2 tumor only (README: ROI growth)
+        if int(roi_growth) < 0 or roi_growth_label not in (1, 2) or not roi_growth_min_mm2 >= 0:
+            raise ValueError(f"ROI growth needs roi_growth >= 0 (got {roi_growth}), roi_growth_label 1 or 2 (got "
+                             f"{roi_growth_label}) and roi_growth_min_mm2 >= 0 (got {roi_growth_min_mm2})")
         self.roi_growth, self.roi_growth_min_mm2 = int(roi_growth), float(roi_growth_min_mm2)
-        self.roi_growth_label = 1  # what must touch the face: 1 kidney or tumor, 2 tumor only (README: ROI growth)
+        self.roi_growth_label = int(roi_growth_label)
         self.used_rois: List[KidneyROI] = []
         # how each stage's probabilities become labels: the model file's own rule unless one is given
         self.decision = fine.decision if decision is None else decision

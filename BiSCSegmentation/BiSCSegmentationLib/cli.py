@@ -210,11 +210,8 @@ def load_predictor(args, progress=None):
             raise ModelFileError(f"{exc} (or pass --rough-model FILE --fine-model FILE)") from exc
     try:
         keep = getattr(args, "keep_small_tumors", False)
-        growth = getattr(args, "roi_growth", 0)
-        if growth < 0:
-            raise UsageError(f"--roi-growth must be 0 or more, got {growth}")
         return CascadePredictor(rough, fine, device=args.device, mirror=args.mirror, progress=progress,
-                                backend=getattr(args, "backend", "auto"), roi_growth=growth,
+                                backend=getattr(args, "backend", "auto"), roi_growth=getattr(args, "roi_growth", 0),
                                 decision=fine.decision.without_small_tumor_step() if keep else None)
     except (ValueError, BackendError) as exc:
         raise UsageError(str(exc)) from exc

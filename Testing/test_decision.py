@@ -4,14 +4,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from BiSCSegmentationLib.cascade import CascadePredictor, label_argmax
 from BiSCSegmentationLib.decision import (ARGMAX, Decision, labels_from_differences, relabel_tumor_components,
                                          tumor_probability)
 from BiSCSegmentationLib.model_file import ModelFileError, load_model_file, save_model_file
 from BiSCSegmentationLib.resample import AxisMap, resample_view
-from BiSCSegmentationLib.roi import rois_from_mask
-from BiSCSegmentationLib.volume import kits19_affine_volume
+from BiSCSegmentationLib.roi import KidneyROI, rois_from_mask
+from BiSCSegmentationLib.volume import Volume, kits19_affine_volume
 from conftest import tiny_stage_models
 from test_cascade import INTENSITY, OracleNet, encode, oracle_models, two_kidney_labels
 
@@ -117,6 +118,52 @@ def test_uncertain_tumor_components_become_kidney_except_the_largest():
         relabel_tumor_components(_tumors(), 0.5, probability=None, min_probability=0.5)
 
 
+def test_large_tumors_take_their_connected_margin_and_nothing_else():
+    from BiSCSegmentationLib.decision import grow_tumor_margins
+    lab = np.zeros((12, 30, 30), np.uint8)
+    lab[2:10, 2:14, 2:14] = 1
+    lab[3:9, 4:10, 4:10] = 2          # 216 voxels = 108 mL at 0.5 mL
+    lab[4:6, 20:22, 20:22] = 2        # 8 voxels = 4 mL
+    cand = np.zeros(lab.shape, bool)
+    cand[3:9, 10:12, 4:10] = True     # two layers of background beside the large tumor ...
+    lab[3:9, 10:12, 4:10] = 0
+    cand[3:9, 13:14, 4:10] = True     # ... a kidney layer between (kept kidney) ...
+    cand[3:9, 15:17, 4:10] = True     # ... and candidates behind it, not connected through candidates
+    cand[4:6, 22:24, 20:22] = True    # the margin of the small tumor
+    cand[0, 0, 0] = True              # a lone candidate
+    before = lab.copy()
+    changed = grow_tumor_margins(lab, 0.5, 50.0, cand)
+    expected = before.copy()
+    expected[3:9, 10:12, 4:10] = 2
+    assert changed == 72 and np.array_equal(lab, expected)
+    lab = before.copy()
+    assert grow_tumor_margins(lab, 0.5, 3.0, cand) == 72 + 8 and np.all(lab[4:6, 22:24, 20:22] == 2)
+    lab = before.copy()
+    assert grow_tumor_margins(lab, 0.5, 200.0, cand) == 0 and np.array_equal(lab, before)
+    view = before.copy()[::-1, :, ::-1]   # the cascade passes reversed canonical views: writes go through
+    assert grow_tumor_margins(view, 0.5, 50.0, cand[::-1, :, ::-1]) == 72 and np.array_equal(view, expected[::-1, :, ::-1])
+    with pytest.raises(ValueError, match="shape"):
+        grow_tumor_margins(before.copy(), 0.5, 50.0, cand[1:])
+
+
+def test_margin_candidates_are_unsure_tumor_voxels_above_the_lower_foreground_threshold():
+    from BiSCSegmentationLib.decision import apply_case_steps, case_step_maps
+    p = torch.tensor([[0.60, 0.55, 0.75, 0.60, 0.30],    # background
+                      [0.10, 0.30, 0.05, 0.25, 0.20],    # kidney
+                      [0.30, 0.15, 0.20, 0.15, 0.50]]).reshape(3, 1, 1, 5)
+    diff = p[1:] - p[:1]
+    d = Decision("foreground", 0.0, 0.0, tumor_margin_bias=1.0)
+    _, margin = case_step_maps(diff, d)
+    # p(fg) x e > p0 and p2 > p1: 0.4e > 0.6 yes; kidney wins in 2; 0.25e < 0.75; 0.4e > 0.6 but p1 > p2; 5 is
+    # already foreground (the labels decide; candidates only matter on background)
+    assert margin.ravel().tolist() == [True, False, False, False, True]
+    assert case_step_maps(diff, Decision("foreground"))[1] is None
+    assert case_step_maps(diff, Decision("foreground", min_tumor_probability=0.5))[0].dtype == np.uint8
+    with pytest.raises(ValueError, match="margin candidates"):
+        apply_case_steps(np.zeros((1, 1, 5), np.uint8), 1.0, d)
+    assert "tumors of 0 mL or more take their margin at foreground bias +1" in d.describe()
+
+
 def test_tumor_probability_from_the_two_differences():
     p = _probs(seed=4)
     assert torch.allclose(tumor_probability(p[1:] - p[:1]), p[2], atol=1e-6)
@@ -129,7 +176,13 @@ def test_tumor_probability_from_the_two_differences():
                                        ({"rule": "argmax", "tumor_bias": 0.5}, "argmax rule takes no biases"),
                                        ({"rule": "foreground", "tumor_bias": "a lot"}, "must be numbers"),
                                        ({"rule": "foreground", "tumor_bias": float("nan")}, "finite"),
-                                       ({"rule": "foreground", "speed": 1}, "unknown decision settings")])
+                                       ({"rule": "foreground", "speed": 1}, "unknown decision settings"),
+                                       ({"rule": "foreground", "min_island_fraction": 1.5}, r"min_island_fraction must be in \[0, 1\]"),
+                                       ({"rule": "argmax", "min_island_fraction": -0.1}, "min_island_fraction must be"),
+                                       ({"rule": "foreground", "min_island_fraction": float("inf")}, "finite"),
+                                       ({"rule": "foreground", "tumor_margin_bias": -1}, "tumor_margin_bias and"),
+                                       ({"rule": "foreground", "tumor_margin_min_ml": -5}, "must be >= 0"),
+                                       ({"rule": "argmax", "tumor_margin_bias": 1}, "or margin settings")])
 def test_bad_decision_settings_are_clear_errors(bad, words):
     with pytest.raises(ValueError, match=words):
         Decision.from_dict(bad)
@@ -160,6 +213,41 @@ def test_model_file_keeps_its_decision_and_rejects_bad_ones(tmp_path):
     fine.decision = Decision("foreground", 0.125, 0.25, 3.0, 0.7)
     save_model_file(fine, tmp_path / "fp.pt")
     assert load_model_file(tmp_path / "fp.pt").decision.min_tumor_probability == 0.7
+    # the island fraction: kept in the file; a file written before it was a setting keeps the old 0.2
+    fine.decision = Decision("foreground", 0.125, 0.25, 0.0, 0.7, 0.5, 1.0, 50.0)
+    save_model_file(fine, tmp_path / "island.pt")
+    assert load_model_file(tmp_path / "island.pt").decision == fine.decision
+    raw = torch.load(tmp_path / "island.pt", weights_only=True)
+    for key in ("min_island_fraction", "tumor_margin_bias", "tumor_margin_min_ml"):
+        del raw["decision"][key]
+    torch.save(raw, tmp_path / "old.pt")
+    assert load_model_file(tmp_path / "old.pt").decision == Decision("foreground", 0.125, 0.25, 0.0, 0.7, 0.2, 0.0, 0.0)
+    rough.decision = Decision("foreground", 0.5, min_island_fraction=0.5)
+    with pytest.raises(ValueError, match="fine-stage settings"):
+        save_model_file(rough, tmp_path / "rough_island.pt")
+    assert not (tmp_path / "rough_island.pt").exists()
+
+
+def test_cascade_drops_islands_under_the_fine_files_fraction_of_the_rois_largest():
+    # one ROI over two equal kidneys and a detached block 0.3 times as large (a neighbouring organ)
+    labels = Volume(two_kidney_labels((24, 64, 64)), (1.5, 1.5, 1.5))
+    truth = labels.array.copy()
+    organ = np.zeros(truth.shape, bool)
+    organ[2:9, 4:13, 26:36] = True
+    assert not ndimage.binary_dilation(organ, np.ones((3, 3, 3), bool))[truth > 0].any()
+    noisy = truth.copy()
+    noisy[organ] = 1
+    ct = labels.with_array(encode(noisy))
+    rough, fine = oracle_models((1.5, 1.5, 1.5))
+    roi = KidneyROI(labels.index_to_physical([31.5, 31.5, 11.5]), (96, 96, 36), "both")
+    kidney = int(np.count_nonzero(truth)) // 2
+    assert 0.25 < organ.sum() / kidney < 0.35
+    for fraction, want in ((0.2, noisy), (0.5, truth), (1.0, truth)):  # equal kidneys: both are the largest
+        fine.decision = Decision("foreground", min_island_fraction=fraction)
+        out = CascadePredictor(rough, fine, device="cpu").segment(ct, [roi]).array
+        assert np.array_equal(out, want), fraction
+    assert Decision("foreground", min_island_fraction=0.5).describe().endswith(
+        "islands under 0.5 of an ROI's largest dropped")
 
 
 def test_cascade_applies_the_fine_model_files_decision_over_the_whole_case():
@@ -224,6 +312,41 @@ def test_cascade_drops_unsure_tumors_over_the_whole_case_by_their_mean_probabili
     assert np.array_equal(out, labels2.array)
 
 
+class MarginOracleNet(OracleNet):
+    """The oracle, except that CT value 300 is background 0.55, kidney 0.1, tumor 0.35: an unsure tumor margin."""
+
+    def forward_labels(self, x):
+        hu = x * INTENSITY["std"] + INTENSITY["mean"]
+        code = torch.clamp(torch.round(hu / 100.0), 0, 3).long()[:, 0]
+        logits = torch.nn.functional.one_hot(torch.clamp(code, max=2), 3).permute(0, 4, 1, 2, 3).float() * 20.0
+        unsure = (code == 3).unsqueeze(1)
+        return torch.where(unsure, torch.log(torch.tensor([0.55, 0.1, 0.35])).reshape(1, 3, 1, 1, 1), logits)
+
+
+def test_cascade_grows_large_tumors_into_their_unsure_margin_in_kits19_orientation():
+    lab = two_kidney_labels((24, 64, 64))
+    tumor = lab == 2
+    shell = ndimage.binary_dilation(tumor, np.ones((3, 3, 3), bool)) & ~tumor
+    shell[:, :, :52] = False  # its outer half only: the tumor stays joined to its kidney (no island step)
+    labels = kits19_affine_volume(lab, (3.0, 1.5, 1.5))
+    code = encode(labels.array)
+    code[kits19_affine_volume(shell.astype(np.uint8), (3.0, 1.5, 1.5)).array > 0] = 300
+    ct = labels.with_array(code)
+    rough, fine = oracle_models((1.5, 1.5, 3.0))
+    fine.network = MarginOracleNet()
+    rois = rois_from_mask(labels, fine.fine_spacing, min_component_ml=0.01)
+    tumor_ml = tumor.sum() * 6.75 / 1000
+    without, grown = lab.copy(), lab.copy()
+    without[shell] = 0  # p(kidney + tumor) = 0.45 < p(background); 0.45 x exp(0.5) = 0.74 beats it
+    grown[shell] = 2
+    for decision, want in ((Decision("foreground"), without),
+                           (Decision("foreground", tumor_margin_bias=0.5, tumor_margin_min_ml=tumor_ml - 0.01), grown),
+                           (Decision("foreground", tumor_margin_bias=0.5, tumor_margin_min_ml=tumor_ml + 0.01), without)):
+        fine.decision = decision
+        out = CascadePredictor(rough, fine, device="cpu").segment(ct, rois).array
+        assert np.array_equal(out, kits19_affine_volume(want, (3.0, 1.5, 1.5)).array), decision
+
+
 def test_set_decision_changes_only_the_decision_and_records_it(tmp_path, capsys):
     from bisc_training.cli import main
     rough, fine = tiny_stage_models()
@@ -253,6 +376,19 @@ def test_set_decision_changes_only_the_decision_and_records_it(tmp_path, capsys)
     assert main(["set-decision", str(tmp_path / "rough.pt"), "--rule", "foreground", "--foreground-bias", "0.5",
                  "-o", str(tmp_path / "g.pt")]) == 0
     assert load_model_file(tmp_path / "g.pt").decision == Decision("foreground", 0.5)
+    assert main(["set-decision", str(tmp_path / "fine.pt"), "--rule", "foreground", "--min-island-fraction", "0.5",
+                 "-o", str(tmp_path / "i.pt")]) == 0
+    assert load_model_file(tmp_path / "i.pt").decision == Decision("foreground", min_island_fraction=0.5)
+    assert main(["set-decision", str(tmp_path / "fine.pt"), "--rule", "foreground", "--min-island-fraction", "2",
+                 "-o", str(tmp_path / "j.pt")]) == 2
+    assert "min_island_fraction must be in [0, 1]" in capsys.readouterr().err and not (tmp_path / "j.pt").exists()
+    assert main(["set-decision", str(tmp_path / "fine.pt"), "--rule", "foreground", "--tumor-margin-bias", "1",
+                 "--tumor-margin-min-ml", "50", "-o", str(tmp_path / "k.pt")]) == 0
+    assert load_model_file(tmp_path / "k.pt").decision == Decision("foreground", tumor_margin_bias=1.0,
+                                                                   tumor_margin_min_ml=50.0)
+    assert main(["set-decision", str(tmp_path / "rough.pt"), "--rule", "foreground", "--tumor-margin-bias", "1",
+                 "-o", str(tmp_path / "l.pt")]) == 2
+    assert "fine-stage settings" in capsys.readouterr().err and not (tmp_path / "l.pt").exists()
 
 
 @pytest.mark.slow
@@ -267,8 +403,11 @@ def test_tuning_scores_are_those_of_the_cascade_run_with_each_rule():
     canon, rois = restored_differences(predictor, ct)
     assert rois
     decisions = [ARGMAX, Decision("foreground", 0.25, 0.125, 3.0), Decision("foreground", 0.25, 0.125, 0.0, 0.7),
-                 Decision("foreground", 0.0, 0.125, 2.0, 0.65)]
+                 Decision("foreground", 0.0, 0.125, 2.0, 0.65), Decision("foreground", 0.25, 0.125, 0.0, 0.7, 1.0),
+                 Decision("foreground", 0.25, 0.125, 0.0, 0.7, 0.0), Decision("foreground", 0.125, 0.125, 0.0, 0.7, 0.5, 1.0),
+                 Decision("foreground", 0.125, 0.125, 0.0, 0.7, 0.5), Decision("foreground", 0.0, 0.0, 0.0, 0.0, 0.2, 3.0, 5.0)]
     scores = case_scores(canon, canonical_view(gt)[0].array, rois, decisions)
+    assert scores[decisions[6]] != scores[decisions[7]]  # the margin step changes this case's labels
     boxes = predictor.locate(ct).rois
     for d in decisions:
         predictor.decision = d

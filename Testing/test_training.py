@@ -318,6 +318,30 @@ def test_decision_tuning_writes_the_best_rules_it_reports(kits_like, tmp_path, c
     assert main(args) == 2 and "exists" in capsys.readouterr().err  # never overwrites without --force
 
 
+def test_decision_tuning_on_a_case_list_with_island_fractions(kits_like, tmp_path, capsys):
+    from bisc_training.tune_decision import main
+    root, cases, _ = kits_like
+    _tiny_models_and_split(tmp_path, cases)
+    (tmp_path / "list.txt").write_text(f"# tuning cases\n{cases[1]}  # the second\n\n")
+    base = ["--kits", str(root), "--split", str(tmp_path / "split.json"), "--models", str(tmp_path)]
+    args = base + ["--case-list", str(tmp_path / "list.txt"), "--foreground-bias", "0", "--tumor-bias", "0",
+                   "--min-tumor-ml", "0", "--min-tumor-probability", "0", "--min-island-fraction", "0,0.2,1",
+                   "--out", str(tmp_path / "t.json")]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert report["cases"] == [cases[1]]
+    assert sorted(r["fine"]["min_island_fraction"] for r in report["scores"][1:]) == [0.0, 0.2, 1.0]
+    assert "list.txt cases" in capsys.readouterr().out
+    (tmp_path / "split.json").write_text(json.dumps({"train": cases[1:], "test": cases[:1]}))
+    for text, words in ((f"{cases[0]}\n", f"held-out cases ({cases[0]})"), ("case_99999\n", "not in the split"),
+                        ("# nothing\n", "names no cases"), (f"{cases[1]}\n{cases[1]}\n", "more than once")):
+        (tmp_path / "bad.txt").write_text(text)
+        assert main(base + ["--case-list", str(tmp_path / "bad.txt")]) == 2
+        assert words in capsys.readouterr().err, text
+    assert main(base + ["--case-list", str(tmp_path / "missing.txt")]) == 2
+    assert "cannot read the case list" in capsys.readouterr().err
+
+
 def test_prior_scale_scores_find_the_shift_that_made_the_labels():
     from bisc_training.calibrate import SCALES, scale_scores
     from BiSCSegmentationLib.metrics import kits19_case_scores

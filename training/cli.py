@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 
 from tqdm import tqdm
 
+from BiSCSegmentationLib.decision import ISLAND_FRACTION
 from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of, window_problem
 
 from . import data as D
@@ -142,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-tumor-probability", type=float, default=0.0,
                    help="foreground rule, fine stage: tumor components whose mean p(tumor) is under this become "
                         "kidney, except the largest")
+    p.add_argument("--tumor-margin-bias", type=float, default=0.0,
+                   help="foreground rule, fine stage: foreground bias added in the margin of large tumors, where "
+                        "p(tumor) > p(kidney) (0: no margin step)")
+    p.add_argument("--tumor-margin-min-ml", type=float, default=0.0,
+                   help="foreground rule, fine stage: only tumors of at least this many mL take their margin")
+    p.add_argument("--min-island-fraction", type=float, default=ISLAND_FRACTION,
+                   help="fine stage, either rule: per ROI, kidney+tumor islands smaller than this fraction of the "
+                        f"ROI's largest are dropped (0: keep all; default {ISLAND_FRACTION})")
     p.add_argument("-o", "--out", type=Path, required=True, help="the new model file")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p = sub.add_parser("all", help="prepare, train rough and fine, tune their decision rules on training cases, "
@@ -271,7 +280,8 @@ def cmd_set_decision(args) -> Path:
     the previous rules are kept in the training record."""
     from BiSCSegmentationLib.decision import Decision
     model = load_model_file(args.model)
-    decision = Decision(args.rule, args.foreground_bias, args.tumor_bias, args.min_tumor_ml, args.min_tumor_probability)
+    decision = Decision(args.rule, args.foreground_bias, args.tumor_bias, args.min_tumor_ml, args.min_tumor_probability,
+                        args.min_island_fraction, args.tumor_margin_bias, args.tumor_margin_min_ml)
     problem = decision.problem(model.stage)
     if problem:
         raise ValueError(problem)

@@ -28,8 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from BiSCSegmentationLib.cascade import CascadePredictor, NoKidneyFound, canonical_view, paste_max, small_components
-from BiSCSegmentationLib.decision import (Decision, labels_from_differences, probability_to_uint8,
-                                         relabel_tumor_components, tumor_probability)
+from BiSCSegmentationLib.decision import (ISLAND_FRACTION, Decision, apply_case_steps, case_step_maps,
+                                         labels_from_differences, probability_to_uint8, tumor_probability)
 from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of
 from BiSCSegmentationLib.volume import Volume
 
@@ -75,12 +75,17 @@ def case_scores(canon: Volume, gt: np.ndarray, rois: list, decisions: Sequence[D
     p_tumor = None
     if any(d.min_tumor_probability > 0 for d in decisions):  # as the cascade keeps it: uint8, max where ROIs overlap
         p_tumor = paste_max(union, boxes, [probability_to_uint8(tumor_probability(diff)) for _, diff in rois])
+    margins = {}  # step 4's candidates depend on the foreground bias and the margin bias only
+    for d in decisions:
+        key = (d.foreground_bias, d.tumor_margin_bias)
+        if d.has_margin_step and key not in margins:
+            margins[key] = paste_max(union, boxes, [case_step_maps(diff, d)[1] for _, diff in rois])
     scores = {}
     for rule in {_labelling(d) for d in decisions}:  # labels once per rule and biases
         per_roi = []
         for _, diff in rois:
             labels = labels_from_differences(diff, rule)
-            drop = small_components(labels) if keep_largest else None
+            drop = small_components(labels, rule.min_island_fraction) if keep_largest else None
             if drop is not None:
                 labels[drop] = 0
             per_roi.append(labels)
@@ -88,15 +93,15 @@ def case_scores(canon: Volume, gt: np.ndarray, rois: list, decisions: Sequence[D
         for d in decisions:
             if _labelling(d) != rule:
                 continue
-            pred = merged.copy() if d.has_component_step else merged
-            relabel_tumor_components(pred, voxel_ml, d.min_tumor_ml, p_tumor, d.min_tumor_probability)
+            pred = merged.copy() if d.has_case_steps else merged
+            apply_case_steps(pred, voxel_ml, d, p_tumor, margins.get((d.foreground_bias, d.tumor_margin_bias)))
             scores[d] = (_dice(pred > 0, g_fg, gk), _dice(pred == 2, g_tumor, gtm))
     return scores
 
 
 def _labelling(d: Decision) -> Decision:
-    """The part of a rule that sets the labels before step 3 (the component step)."""
-    return replace(d, min_tumor_ml=0.0, min_tumor_probability=0.0)
+    """The part of a rule that sets the labels before the whole-case steps 3 and 4."""
+    return replace(d, min_tumor_ml=0.0, min_tumor_probability=0.0, tumor_margin_bias=0.0, tumor_margin_min_ml=0.0)
 
 
 _WORKER: Dict = {}
@@ -137,6 +142,29 @@ def _score(case: str):
     return case, scores
 
 
+def read_case_list(path: Path, split: Dict) -> List[str]:
+    """The case ids in ``path`` (one per line; blank lines and ``#`` comments ignored), checked against the
+    split: tuning on a held-out case would make its evaluation meaningless."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read the case list {path}: {exc.strerror or exc}") from None
+    cases = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    cases = [c for c in cases if c]
+    if not cases:
+        raise ValueError(f"{path} names no cases (one case id per line, e.g. case_00003)")
+    dupes = sorted({c for c in cases if cases.count(c) > 1})
+    if dupes:
+        raise ValueError(f"{path} names these cases more than once: {', '.join(dupes)}")
+    train = set(split.get("train", []))
+    outside = [c for c in cases if c not in train]
+    if outside:
+        held = [c for c in outside if c in set(split.get("test", []))]
+        what = f"held-out cases ({', '.join(held)})" if held else f"cases not in the split ({', '.join(outside)})"
+        raise ValueError(f"{path} names {what}; tune on the split's training cases only")
+    return cases
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kits", type=Path, required=True, help="folder of KiTS19 label maps (phantom CT is built)")
@@ -145,6 +173,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--cases", choices=["train", "test"], default="train",
                     help="tune on training cases; 'test' only to report, never to choose")
     ap.add_argument("--n", type=int, default=24, help="number of cases, spread over the list (0: all)")
+    ap.add_argument("--case-list", type=Path, metavar="FILE",
+                    help="tune on the cases named in FILE (one case id per line, # comments) instead of --cases/--n; "
+                         "each must be in the split's training cases")
     ap.add_argument("--synthesize", action="store_true",
                     help="phantom CT around each label map (for label-only data such as ../shared); without it "
                          "each case's own imaging.nii.gz is read")
@@ -158,6 +189,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--min-tumor-ml", type=_floats, default=[0.0, 2.0, 4.0])
     ap.add_argument("--min-tumor-probability", type=_floats, default=[0.0, 0.6, 0.65, 0.7],
                     help="step 3: tumor components whose mean p(tumor) is under this become kidney (0: off)")
+    ap.add_argument("--tumor-margin-bias", type=_floats, default=[0.0],
+                    help="step 4: foreground bias added in the margin of large tumors (0: no margin step)")
+    ap.add_argument("--tumor-margin-min-ml", type=_floats, default=[0.0],
+                    help="step 4: only tumors of at least this many mL take their margin")
+    ap.add_argument("--min-island-fraction", type=_floats, default=[ISLAND_FRACTION],
+                    help="per ROI, kidney+tumor islands smaller than this fraction of the ROI's largest are dropped")
     ap.add_argument("--roi-growth", type=int, default=0, metavar="N",
                     help="grow an ROI whose fine foreground touches a face at most N times, as bisc-segment "
                          "--roi-growth (default 0: never)")
@@ -175,11 +212,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if path is not None and path.exists() and not args.force:
             print(f"tune_decision: {path} exists; pass --force to overwrite", file=sys.stderr)
             return 2
-    cases = pick_cases(json.loads(args.split.read_text()), args.cases, args.n)
+    split = json.loads(args.split.read_text())
+    try:
+        cases = read_case_list(args.case_list, split) if args.case_list else pick_cases(split, args.cases, args.n)
+    except ValueError as exc:
+        print(f"tune_decision: {exc}", file=sys.stderr)
+        return 2
     own = load_model_file(args.models / "fine.pt", stage="fine")
     own_rough = load_model_file(args.models / "rough.pt", stage="rough")
     grid = [Decision("foreground", *c) for c in itertools.product(args.foreground_bias, args.tumor_bias,
-                                                                  args.min_tumor_ml, args.min_tumor_probability)]
+                                                                  args.min_tumor_ml, args.min_tumor_probability,
+                                                                  args.min_island_fraction, args.tumor_margin_bias,
+                                                                  args.tumor_margin_min_ml)]
+    # without a margin bias the margin size does nothing: one row, not one per size
+    grid = list(dict.fromkeys(d if d.has_margin_step else replace(d, tumor_margin_min_ml=0.0) for d in grid))
     decisions = list(dict.fromkeys([own.decision] + grid))  # the model's own rule: the reference row
     roughs = list(dict.fromkeys([own_rough.decision] + [Decision("foreground", b) for b in args.rough_foreground_bias]))
     workers = max(1, args.workers)
@@ -204,7 +250,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     means = {k: np.mean([rows[c][k] for c in rows], axis=0) for k in keys}
     ranked = sorted(keys[1:], key=lambda k: -float(means[k].sum()))  # ties: the earlier (smaller) settings
     what = f"phantom seed = case number + {offset}" if args.synthesize else "their own CT"
-    print(f"\n{len(rows)} {args.cases} cases ({what}): the model files' own rules, then the best 10\n")
+    which = args.case_list.name if args.case_list else args.cases
+    print(f"\n{len(rows)} {which} cases ({what}): the model files' own rules, then the best 10\n")
     print("| rough rule | fine rule | kidney Dice | tumor Dice |\n| --- | --- | --- | --- |")
     for k in [reference] + ranked[:10]:
         print(f"| {k[0].describe()} | {k[1].describe()} | {means[k][0]:.4f} | {means[k][1]:.4f} |")
@@ -227,7 +274,8 @@ def write_models(folder: Path, rough, fine, best, cases, seed_offset, table, for
     folder.mkdir(parents=True, exist_ok=True)
     record = {"cases": cases, "seed_offset": seed_offset,
               "columns": ("rough rule, fine rule (rule, foreground bias, tumor bias, min tumor mL, min tumor "
-                          "probability each), kidney, tumor"),
+                          "probability, min island fraction, tumor margin bias, tumor margin min mL each), kidney, "
+                          "tumor"),
               "scores": table}
     for model, decision, name in ((rough, best[0], "rough.pt"), (fine, best[1], "fine.pt")):
         if decision == model.decision and name == "rough.pt":

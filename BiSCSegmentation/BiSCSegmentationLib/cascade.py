@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from .backends import select_backend
-from .decision import (Decision, labels_from_differences, probability_to_uint8, relabel_tumor_components,
-                       tumor_probability)
+from .decision import ISLAND_FRACTION, Decision, apply_case_steps, case_step_maps, labels_from_differences
 from .model_file import StageModel, load_bundled, load_model_file
 from .resample import (AxisMap, covering_map, nearest_to_stored, resample_linear, resample_view,
                        spacing_map)
@@ -217,22 +216,20 @@ class CascadePredictor:
         canon, reo = canonical_view(ct)
         out_stored = np.zeros(ct.array.shape, dtype=np.uint8)
         out = reo.apply(out_stored)  # a canonical view: pasting into it fills out_stored, no copy back
-        boxes, probabilities, used = [], [], []
-        need_p = self.decision.min_tumor_probability > 0
+        boxes, maps, used = [], [], []
         for n, roi in enumerate(rois):
             span = (n / len(rois), (n + 1) / len(rois))
             self._report("fine", span[0])
-            roi, box, labels, p_tumor = self._segment_roi(canon, roi, span, need_p)
+            roi, box, labels, roi_maps = self._segment_roi(canon, roi, span, self.decision.has_case_steps)
             used.append(roi)
             region = out[box]
             np.maximum(region, labels, out=region)  # overlapping ROIs: union, tumor wins over kidney
             boxes.append(box)
-            probabilities.append(p_tumor)
-        if self.decision.has_component_step:  # over the whole case, so that a tumor split by two ROIs is one
+            maps.append(roi_maps)
+        if self.decision.has_case_steps:  # over the whole case, so that a tumor split by two ROIs is one
             union = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
-            p_union = paste_max(union, boxes, probabilities) if need_p else None
-            relabel_tumor_components(out[union], float(np.prod(canon.spacing)) / 1000.0, self.decision.min_tumor_ml,
-                                     p_union, self.decision.min_tumor_probability)
+            pasted = [None if m[0] is None else paste_max(union, boxes, m) for m in zip(*maps)]
+            apply_case_steps(out[union], float(np.prod(canon.spacing)) / 1000.0, self.decision, *pasted)
         self.used_rois = used
         self._report("fine", 1.0)
         result = ct.with_array(out_stored)
@@ -245,10 +242,11 @@ class CascadePredictor:
         _, box, labels, _ = self._segment_roi(canon, roi, span, False)
         return box, labels
 
-    def _segment_roi(self, canon: Volume, roi: KidneyROI, span, with_probability: bool):
-        """(ROI used, box, labels, p(tumor) on the same voxels as uint8 0..255 when asked, else None)."""
+    def _segment_roi(self, canon: Volume, roi: KidneyROI, span, with_maps: bool):
+        """(ROI used, box, labels, the whole-case steps' maps on the same voxels (``case_step_maps``) when
+        asked, else None)."""
         roi, box, restored, labels = self.grown_differences(canon, roi, span)
-        return roi, box, labels, probability_to_uint8(tumor_probability(restored)) if with_probability else None
+        return roi, box, labels, case_step_maps(restored, self.decision) if with_maps else None
 
     def grown_differences(self, canon: Volume, roi: KidneyROI, span=(0.0, 1.0)):
         """:meth:`restored_differences` and this stage's labels on ``roi``, grown through the faces its
@@ -267,7 +265,7 @@ class CascadePredictor:
             labels = labels_from_differences(restored, self.decision)
             # islands on the CT's own grid: found on the coarser fine grid instead, they cost 0.0005 kidney and
             # 0.0007 tumor Dice on the 34 held-out phantoms (thin links to the kidney break there)
-            drop = small_components(labels) if self.keep_largest else None
+            drop = small_components(labels, self.decision.min_island_fraction) if self.keep_largest else None
             if drop is not None:
                 labels[drop] = 0
             if round_ == self.roi_growth:
@@ -345,11 +343,12 @@ def paste_max(union: Tuple[slice, ...], boxes: Sequence[Tuple[slice, ...]], arra
     return out
 
 
-def small_components(labels: np.ndarray, min_fraction: float = 0.2) -> Optional[np.ndarray]:
+def small_components(labels: np.ndarray, min_fraction: float = ISLAND_FRACTION) -> Optional[np.ndarray]:
     """Within one ROI, the voxels of the 26-connected kidney+tumor components smaller than ``min_fraction``
-    of the largest (None when there are none): islands elsewhere in the box (bowel, vessels, ribs). The ROI
-    is centred on one kidney, so its kidney is the dominant structure; the paper's connected-component step
-    (Sec. 2.2) applied to the fine output."""
+    of the largest (None when there are none): islands elsewhere in the box (bowel, vessels, ribs, a
+    neighbouring organ). The ROI is centred on one kidney, so its kidney is the dominant structure; the
+    paper's connected-component step (Sec. 2.2) applied to the fine output. The fraction is the fine model's
+    ``Decision.min_island_fraction``."""
     from scipy import ndimage
 
     fg = labels > 0

@@ -89,8 +89,12 @@ def sha256_of(path) -> str:
 
 
 def save_model_file(model: StageModel, path, force: bool = False) -> str:
-    """Write atomically; returns the file's SHA-256."""
+    """Write atomically; returns the file's SHA-256. A decision rule the loader would reject (ValueError) is
+    never written."""
     path = Path(path)
+    problem = model.decision.problem(model.stage)
+    if problem:
+        raise ValueError(f"{path}: not written, invalid decision settings ({problem})")
     tmp = atomic_target(path, force)
     try:
         torch.save(model.to_file_dict(), tmp)

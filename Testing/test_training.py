@@ -326,9 +326,9 @@ def test_decision_tuning_on_a_case_list_with_island_fractions(kits_like, tmp_pat
     base = ["--kits", str(root), "--split", str(tmp_path / "split.json"), "--models", str(tmp_path)]
     args = base + ["--case-list", str(tmp_path / "list.txt"), "--foreground-bias", "0", "--tumor-bias", "0",
                    "--min-tumor-ml", "0", "--min-tumor-probability", "0", "--min-island-fraction", "0,0.2,1",
-                   "--out", str(tmp_path / "t.json")]
-    assert main(args) == 0
-    report = json.loads((tmp_path / "t.json").read_text())
+                   "--out", str(tmp_path / "new" / "t.json")]
+    assert main(args) == 0  # the report's folder is made
+    report = json.loads((tmp_path / "new" / "t.json").read_text())
     assert report["cases"] == [cases[1]]
     assert sorted(r["fine"]["min_island_fraction"] for r in report["scores"][1:]) == [0.0, 0.2, 1.0]
     assert "list.txt cases" in capsys.readouterr().out

@@ -255,11 +255,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("| rough rule | fine rule | kidney Dice | tumor Dice |\n| --- | --- | --- | --- |")
     for k in [reference] + ranked[:10]:
         print(f"| {k[0].describe()} | {k[1].describe()} | {means[k][0]:.4f} | {means[k][1]:.4f} |")
-    if args.out:
-        args.out.write_text(json.dumps({"cases": sorted(rows), "seed_offset": offset, "scores": [
+    if args.out:  # its folder made, written whole or not at all (the tuning may have taken an hour)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(args.out.name + ".part")
+        tmp.write_text(json.dumps({"cases": sorted(rows), "seed_offset": offset, "scores": [
             {"rough": k[0].to_dict(), "fine": k[1].to_dict(), "mean": [float(v) for v in means[k]],
              "per_case": {c: list(rows[c][k]) for c in sorted(rows)}} for k in [reference] + ranked]},
             indent=1) + "\n")
+        tmp.replace(args.out)
     if args.write:
         write_models(args.write, own_rough, own, ranked[0], sorted(rows), offset,
                      [[*k[0].to_dict().values(), *k[1].to_dict().values(), *(round(float(v), 5) for v in means[k])]

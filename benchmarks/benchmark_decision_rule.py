@@ -1,5 +1,6 @@
-"""The cost of the fine stage's tumor component step: v6's rule (size only) against the bundled rule (v7 and v9:
-mean tumor probability, which keeps a uint8 p(tumor) map per ROI), same ROIs, same run; prints medians and the ratio.
+"""The cost of the fine stage's whole-case steps, same ROIs, same run; prints medians and ratios: v6's rule (step 3
+by size only), v9's (step 3 by mean tumor probability, which keeps a uint8 p(tumor) map per ROI) and the bundled
+rule (v10: v9's plus step 4, tumor margins, which keeps a bool candidate map per ROI, and islands at 0.5).
 
     .venv/bin/python benchmarks/benchmark_decision_rule.py
 """
@@ -11,11 +12,14 @@ torch.set_num_threads(2)
 ct, gt = make_case(seed=0)
 p = CascadePredictor.bundled(device="cpu")
 rois = p.locate(ct).rois
-rules = {"v6 rule": Decision("foreground", 0.125, 0.125, 4.0), "bundled rule": p.decision}
+rules = {"v6 rule": Decision("foreground", 0.125, 0.125, 4.0), "v9 rule": Decision("foreground", 0.125, 0.125, 0.0, 0.7),
+         "bundled rule": p.decision}
 t = {k: [] for k in rules}
 for rep in range(4):
     for k, d in rules.items():
         p.decision = d
         t0 = time.perf_counter(); p.segment(ct, rois); t[k].append(time.perf_counter() - t0)
 for k in t: print(k, "median fine stage %.3f s" % statistics.median(t[k][1:]), [round(x, 3) for x in t[k]])
-print("ratio bundled/v6 %.3f" % (statistics.median(t["bundled rule"][1:]) / statistics.median(t["v6 rule"][1:])), "shape", ct.array.shape)
+med = {k: statistics.median(v[1:]) for k, v in t.items()}
+print("ratio bundled/v6 %.3f, bundled/v9 %.3f" % (med["bundled rule"] / med["v6 rule"], med["bundled rule"] / med["v9 rule"]),
+      "shape", ct.array.shape)

@@ -141,7 +141,8 @@ def test_large_tumors_take_their_connected_margin_and_nothing_else():
     lab = before.copy()
     assert grow_tumor_margins(lab, 0.5, 200.0, cand) == 0 and np.array_equal(lab, before)
     view = before.copy()[::-1, :, ::-1]   # the cascade passes reversed canonical views: writes go through
-    assert grow_tumor_margins(view, 0.5, 50.0, cand[::-1, :, ::-1]) == 72 and np.array_equal(view, expected[::-1, :, ::-1])
+    assert grow_tumor_margins(view, 0.5, 50.0, cand[::-1, :, ::-1]) == 72
+    assert np.array_equal(view, expected[::-1, :, ::-1])
     with pytest.raises(ValueError, match="shape"):
         grow_tumor_margins(before.copy(), 0.5, 50.0, cand[1:])
 
@@ -177,7 +178,8 @@ def test_tumor_probability_from_the_two_differences():
                                        ({"rule": "foreground", "tumor_bias": "a lot"}, "must be numbers"),
                                        ({"rule": "foreground", "tumor_bias": float("nan")}, "finite"),
                                        ({"rule": "foreground", "speed": 1}, "unknown decision settings"),
-                                       ({"rule": "foreground", "min_island_fraction": 1.5}, r"min_island_fraction must be in \[0, 1\]"),
+                                       ({"rule": "foreground", "min_island_fraction": 1.5},
+                                        r"min_island_fraction must be in \[0, 1\]"),
                                        ({"rule": "argmax", "min_island_fraction": -0.1}, "min_island_fraction must be"),
                                        ({"rule": "foreground", "min_island_fraction": float("inf")}, "finite"),
                                        ({"rule": "foreground", "tumor_margin_bias": -1}, "tumor_margin_bias and"),
@@ -341,7 +343,8 @@ def test_cascade_grows_large_tumors_into_their_unsure_margin_in_kits19_orientati
     grown[shell] = 2
     for decision, want in ((Decision("foreground"), without),
                            (Decision("foreground", tumor_margin_bias=0.5, tumor_margin_min_ml=tumor_ml - 0.01), grown),
-                           (Decision("foreground", tumor_margin_bias=0.5, tumor_margin_min_ml=tumor_ml + 0.01), without)):
+                           (Decision("foreground", tumor_margin_bias=0.5, tumor_margin_min_ml=tumor_ml + 0.01),
+                            without)):
         fine.decision = decision
         out = CascadePredictor(rough, fine, device="cpu").segment(ct, rois).array
         assert np.array_equal(out, kits19_affine_volume(want, (3.0, 1.5, 1.5)).array), decision
@@ -404,8 +407,9 @@ def test_tuning_scores_are_those_of_the_cascade_run_with_each_rule():
     assert rois
     decisions = [ARGMAX, Decision("foreground", 0.25, 0.125, 3.0), Decision("foreground", 0.25, 0.125, 0.0, 0.7),
                  Decision("foreground", 0.0, 0.125, 2.0, 0.65), Decision("foreground", 0.25, 0.125, 0.0, 0.7, 1.0),
-                 Decision("foreground", 0.25, 0.125, 0.0, 0.7, 0.0), Decision("foreground", 0.125, 0.125, 0.0, 0.7, 0.5, 1.0),
-                 Decision("foreground", 0.125, 0.125, 0.0, 0.7, 0.5), Decision("foreground", 0.0, 0.0, 0.0, 0.0, 0.2, 3.0, 5.0)]
+                 Decision("foreground", 0.25, 0.125, 0.0, 0.7, 0.0),
+                 Decision("foreground", 0.125, 0.125, 0.0, 0.7, 0.5, 1.0), Decision("foreground", 0.125, 0.125, 0.0, 0.7, 0.5),
+                 Decision("foreground", 0.0, 0.0, 0.0, 0.0, 0.2, 3.0, 5.0)]
     scores = case_scores(canon, canonical_view(gt)[0].array, rois, decisions)
     assert scores[decisions[6]] != scores[decisions[7]]  # the margin step changes this case's labels
     boxes = predictor.locate(ct).rois

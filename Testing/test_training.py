@@ -307,7 +307,7 @@ def test_decision_tuning_writes_the_best_rules_it_reports(kits_like, tmp_path, c
     assert report["cases"] == sorted(cases[:2]) and report["seed_offset"] is None  # the cases' own CT
     first, best = report["scores"][0], report["scores"][1]
     assert first["rough"] == ARGMAX.to_dict() and first["fine"] == ARGMAX.to_dict()  # the files' own rules
-    assert len(report["scores"]) == 1 + 2 * 8 and all(len(r["per_case"]) == 2 for r in report["scores"])
+    assert len(report["scores"]) == 1 + 2 * 8 * 4 and all(len(r["per_case"]) == 2 for r in report["scores"])
     assert best["mean"] == max((r["mean"] for r in report["scores"][1:]), key=sum)
     tuned_rough, tuned_fine = (load_model_file(tmp_path / "tuned" / n) for n in ("rough.pt", "fine.pt"))
     assert tuned_fine.decision == Decision(**best["fine"]) and tuned_rough.decision == Decision(**best["rough"])
@@ -326,6 +326,7 @@ def test_decision_tuning_on_a_case_list_with_island_fractions(kits_like, tmp_pat
     base = ["--kits", str(root), "--split", str(tmp_path / "split.json"), "--models", str(tmp_path)]
     args = base + ["--case-list", str(tmp_path / "list.txt"), "--foreground-bias", "0", "--tumor-bias", "0",
                    "--min-tumor-ml", "0", "--min-tumor-probability", "0", "--min-island-fraction", "0,0.2,1",
+                   "--tumor-margin-bias", "0",
                    "--out", str(tmp_path / "new" / "t.json")]
     assert main(args) == 0  # the report's folder is made
     report = json.loads((tmp_path / "new" / "t.json").read_text())

@@ -189,11 +189,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--min-tumor-ml", type=_floats, default=[0.0, 2.0, 4.0])
     ap.add_argument("--min-tumor-probability", type=_floats, default=[0.0, 0.6, 0.65, 0.7],
                     help="step 3: tumor components whose mean p(tumor) is under this become kidney (0: off)")
-    ap.add_argument("--tumor-margin-bias", type=_floats, default=[0.0],
+    ap.add_argument("--tumor-margin-bias", type=_floats, default=[0.0, 1.0],
                     help="step 4: foreground bias added in the margin of large tumors (0: no margin step)")
-    ap.add_argument("--tumor-margin-min-ml", type=_floats, default=[0.0],
+    ap.add_argument("--tumor-margin-min-ml", type=_floats, default=[50.0],
                     help="step 4: only tumors of at least this many mL take their margin")
-    ap.add_argument("--min-island-fraction", type=_floats, default=[ISLAND_FRACTION],
+    ap.add_argument("--min-island-fraction", type=_floats, default=[ISLAND_FRACTION, 0.5],
                     help="per ROI, kidney+tumor islands smaller than this fraction of the ROI's largest are dropped")
     ap.add_argument("--roi-growth", type=int, default=0, metavar="N",
                     help="grow an ROI whose fine foreground touches a face at most N times, as bisc-segment "

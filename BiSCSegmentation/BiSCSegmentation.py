@@ -74,6 +74,7 @@ class BiSCSegmentationParameterNode:
     mirror: bool = False
     keepSmallTumors: bool = False
     growRois: bool = False
+    plainTumorBorders: bool = False
     minKidneyMl: Annotated[float, WithinRange(0.0, 200.0)] = 10.0
     minLesionMl: Annotated[float, WithinRange(0.0, 100.0)] = 0.5
     outputSegmentation: vtkMRMLSegmentationNode
@@ -85,7 +86,8 @@ def options_from(p: BiSCSegmentationParameterNode) -> Options:
                                 fine_path=p.fineModelPath, rough_url=p.roughModelUrl.strip(),
                                 rough_sha256=p.roughModelSha256.strip(), fine_url=p.fineModelUrl.strip(),
                                 fine_sha256=p.fineModelSha256.strip())
-    return Options(choice, p.device.value, p.mirror, p.minKidneyMl, p.keepSmallTumors, 2 if p.growRois else 0)
+    return Options(choice, p.device.value, p.mirror, p.minKidneyMl, p.keepSmallTumors, 2 if p.growRois else 0,
+                   p.plainTumorBorders)
 
 
 class BiSCSegmentationLogic(ScriptedLoadableModuleLogic):

@@ -437,19 +437,26 @@ def test_rough_stage_uses_its_model_files_decision():
     assert np.array_equal(predictor.locate(ct).lowres.array > 0, found["argmax"])
 
 
+RULE = Decision("foreground", 0.125, 0.25, 4.0, 0.7, 0.5, 1.0, 50.0)  # every step on
+
+
 def _rule_files(tmp_path):
     rough, fine = tiny_stage_models()
-    fine.decision = Decision("foreground", 0.125, 0.25, 4.0, 0.7)
+    fine.decision = RULE
     save_model_file(rough, tmp_path / "rough.pt")
     save_model_file(fine, tmp_path / "fine.pt")
     return str(tmp_path / "rough.pt"), str(tmp_path / "fine.pt")
 
 
-def test_bisc_segment_keep_small_tumors_turns_off_only_the_small_tumor_step(tmp_path):
+def test_bisc_segment_keep_small_tumors_and_plain_tumor_borders_turn_off_only_their_step(tmp_path):
     from BiSCSegmentationLib.cli import build_segment_parser, load_predictor
     rough, fine = _rule_files(tmp_path)
     base = ["ct.nii.gz", "-o", "out.nii.gz", "--rough-model", rough, "--fine-model", fine, "--backend", "torch"]
-    assert load_predictor(build_segment_parser().parse_args(base)).decision == Decision("foreground", 0.125, 0.25, 4.0, 0.7)
+    assert load_predictor(build_segment_parser().parse_args(base)).decision == RULE
     kept = load_predictor(build_segment_parser().parse_args(base + ["--keep-small-tumors"]))
-    assert kept.decision == Decision("foreground", 0.125, 0.25, 0.0)
+    assert kept.decision == Decision("foreground", 0.125, 0.25, 0.0, 0.0, 0.5, 1.0, 50.0)
+    plain = load_predictor(build_segment_parser().parse_args(base + ["--plain-tumor-borders"]))
+    assert plain.decision == Decision("foreground", 0.125, 0.25, 4.0, 0.7, 0.5)
+    both = load_predictor(build_segment_parser().parse_args(base + ["--plain-tumor-borders", "--keep-small-tumors"]))
+    assert both.decision == Decision("foreground", 0.125, 0.25, min_island_fraction=0.5)
 

@@ -131,24 +131,25 @@ def test_thread_job_progress_and_cancel(case_files):
     assert status.state == "cancelled"
 
 
-def test_slicer_request_keep_small_tumors_reaches_the_fine_stage(tmp_path, monkeypatch):
+def test_slicer_requests_keep_small_tumors_and_plain_tumor_borders_reach_the_fine_stage(tmp_path, monkeypatch):
     from BiSCSegmentationLib.cascade import CascadePredictor
     from BiSCSegmentationLib.phantom import make_case
     from BiSCSegmentationLib.roi import KidneyROI
     from BiSCSegmentationSlicer.models import ModelChoice
     from BiSCSegmentationSlicer.worker import compute, make_request
     from BiSCSegmentationLib.decision import Decision
-    from test_decision import _rule_files
+    from test_decision import RULE, _rule_files
     rough, fine = _rule_files(tmp_path)
     seen = []
     monkeypatch.setattr(CascadePredictor, "segment", lambda self, ct, rois: seen.append(self.decision) or ct)
     choice = ModelChoice(kind="files", rough_path=rough, fine_path=fine).to_dict()
     ct, _ = make_case(seed=0)
     roi = KidneyROI(tuple(ct.index_to_physical(np.array(ct.size_ijk) / 2)), (80.0, 80.0, 80.0), "left")
-    for keep in (False, True):
-        compute(make_request("segment", choice, device="cpu", rois=[roi], keep_small_tumors=keep), ct,
-                lambda s, f: None, lambda: False)
-    assert seen == [Decision("foreground", 0.125, 0.25, 4.0, 0.7), Decision("foreground", 0.125, 0.25)]
+    for keep, plain in ((False, False), (True, False), (False, True)):
+        compute(make_request("segment", choice, device="cpu", rois=[roi], keep_small_tumors=keep,
+                             plain_tumor_borders=plain), ct, lambda s, f: None, lambda: False)
+    assert seen == [RULE, Decision("foreground", 0.125, 0.25, 0.0, 0.0, 0.5, 1.0, 50.0),
+                    Decision("foreground", 0.125, 0.25, 4.0, 0.7, 0.5)]
 
 
 def test_slicer_request_roi_growth_reaches_the_fine_stage_and_the_boxes_used_come_back(tmp_path, monkeypatch):
@@ -157,7 +158,7 @@ def test_slicer_request_roi_growth_reaches_the_fine_stage_and_the_boxes_used_com
     from BiSCSegmentationLib.roi import KidneyROI, grow_roi
     from BiSCSegmentationSlicer.models import ModelChoice
     from BiSCSegmentationSlicer.worker import compute, make_request
-    from test_decision import _rule_files
+    from test_decision import RULE, _rule_files
     rough, fine = _rule_files(tmp_path)
     seen = []
 

@@ -132,6 +132,9 @@ def build_segment_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-small-tumors", action="store_true",
                    help="keep every tumor component (skip the fine model's step that turns separate tumor spots "
                         "that are small or that the network is unsure of into kidney, the largest tumor excepted)")
+    p.add_argument("--plain-tumor-borders", action="store_true",
+                   help="skip the fine model's step that grows large tumors into the voxels around them that the "
+                        "network is unsure of (the network's own tumor border)")
     p.add_argument("--roi-growth", type=int, default=0, metavar="N",
                    help="grow an ROI whose kidney or tumor reaches its face through that face and run the fine stage "
                         "again, at most N times (default 0: the boxes exactly as given; 2 recovers kidneys a box "
@@ -209,10 +212,14 @@ def load_predictor(args, progress=None):
         except ModelFileError as exc:
             raise ModelFileError(f"{exc} (or pass --rough-model FILE --fine-model FILE)") from exc
     try:
-        keep = getattr(args, "keep_small_tumors", False)
+        decision = fine.decision
+        if getattr(args, "keep_small_tumors", False):
+            decision = decision.without_small_tumor_step()
+        if getattr(args, "plain_tumor_borders", False):
+            decision = decision.without_tumor_margins()
         return CascadePredictor(rough, fine, device=args.device, mirror=args.mirror, progress=progress,
                                 backend=getattr(args, "backend", "auto"), roi_growth=getattr(args, "roi_growth", 0),
-                                decision=fine.decision.without_small_tumor_step() if keep else None)
+                                decision=decision)
     except (ValueError, BackendError) as exc:
         raise UsageError(str(exc)) from exc
 

@@ -129,6 +129,10 @@ class Decision:
         """The same rule keeping every tumor component (for a reader who wants to see every small tumor)."""
         return replace(self, min_tumor_ml=0.0, min_tumor_probability=0.0)
 
+    def without_tumor_margins(self) -> "Decision":
+        """The same rule without step 4 (for a reader who wants the network's own tumor border)."""
+        return replace(self, tumor_margin_bias=0.0, tumor_margin_min_ml=0.0)
+
     def to_dict(self) -> Dict:
         return asdict(self)
 

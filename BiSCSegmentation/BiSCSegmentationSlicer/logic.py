@@ -39,6 +39,7 @@ class Options:
     min_component_ml: float = 10.0   # rough stage: smallest structure taken for a kidney
     keep_small_tumors: bool = False  # fine stage: skip the model's tumor component step (decision.py)
     roi_growth: int = 0              # fine stage: grow an ROI the kidney reaches the face of, at most N times
+    plain_tumor_borders: bool = False  # fine stage: skip the model's tumor margin step (decision.py, step 4)
 
 
 @dataclass
@@ -103,7 +104,8 @@ class BiSCLogic:
             raise WorkflowError(" ".join(problems))
         ct = self.ct(volume_node)
         request = make_request(task, options.model.to_dict(), options.device, options.mirror,
-                               options.min_component_ml, rois, options.keep_small_tumors, options.roi_growth)
+                               options.min_component_ml, rois, options.keep_small_tumors, options.roi_growth,
+                               options.plain_tumor_borders)
         job = ThreadJob(request, ct) if self.runner == "thread" else ProcessJob(request, ct, python=self.python)
         return Run(task, volume_node, ct, job.start(), list(rois))
 

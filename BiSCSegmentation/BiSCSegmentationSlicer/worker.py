@@ -63,12 +63,13 @@ class Status:
 
 def make_request(task: str, model: dict, device: str = "auto", mirror: bool = False,
                  min_component_ml: float = 10.0, rois=(), keep_small_tumors: bool = False,
-                 roi_growth: int = 0) -> dict:
+                 roi_growth: int = 0, plain_tumor_borders: bool = False) -> dict:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}")
     return {"task": task, "model": dict(model), "device": device, "mirror": bool(mirror),
             "min_component_ml": float(min_component_ml), "rois": [r.to_dict() for r in rois],
-            "keep_small_tumors": bool(keep_small_tumors), "roi_growth": int(roi_growth)}
+            "keep_small_tumors": bool(keep_small_tumors), "roi_growth": int(roi_growth),
+            "plain_tumor_borders": bool(plain_tumor_borders)}
 
 
 def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -> dict:
@@ -86,6 +87,8 @@ def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -
                                  roi_growth=int(request.get("roi_growth", 0)))
     if request.get("keep_small_tumors"):
         predictor.decision = predictor.decision.without_small_tumor_step()
+    if request.get("plain_tumor_borders"):
+        predictor.decision = predictor.decision.without_tumor_margins()
     if request["task"] == "locate":
         rough_result = predictor.locate(ct)
         result = {"mask": np.asarray(rough_result.mask.array).astype(np.uint8), "rois": list(rough_result.rois)}

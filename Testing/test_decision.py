@@ -273,14 +273,18 @@ def test_cascade_applies_the_fine_model_files_decision_over_the_whole_case():
 
 
 class UnsureOracleNet(OracleNet):
-    """The oracle, except that CT value 300 is tumor at p = 0.6 (kidney 0.4): a network that is unsure there."""
+    """The oracle, except that CT value 300 gets fixed (background, kidney, tumor) probabilities: a network that
+    is unsure there (default: tumor at p = 0.6, kidney 0.4)."""
+
+    def __init__(self, probabilities=(0.0, 0.4, 0.6)):
+        super().__init__()
+        self.unsure = torch.log(torch.clamp(torch.tensor(probabilities), min=1e-9)).reshape(1, 3, 1, 1, 1)
 
     def forward_labels(self, x):
         hu = x * INTENSITY["std"] + INTENSITY["mean"]
         code = torch.clamp(torch.round(hu / 100.0), 0, 3).long()[:, 0]
         logits = torch.nn.functional.one_hot(torch.clamp(code, max=2), 3).permute(0, 4, 1, 2, 3).float() * 20.0
-        unsure = (code == 3).unsqueeze(1)
-        return torch.where(unsure, torch.tensor([-20.0, math.log(0.4), math.log(0.6)]).reshape(1, 3, 1, 1, 1), logits)
+        return torch.where((code == 3).unsqueeze(1), self.unsure, logits)
 
 
 def test_cascade_drops_unsure_tumors_over_the_whole_case_by_their_mean_probability():
@@ -314,17 +318,6 @@ def test_cascade_drops_unsure_tumors_over_the_whole_case_by_their_mean_probabili
     assert np.array_equal(out, labels2.array)
 
 
-class MarginOracleNet(OracleNet):
-    """The oracle, except that CT value 300 is background 0.55, kidney 0.1, tumor 0.35: an unsure tumor margin."""
-
-    def forward_labels(self, x):
-        hu = x * INTENSITY["std"] + INTENSITY["mean"]
-        code = torch.clamp(torch.round(hu / 100.0), 0, 3).long()[:, 0]
-        logits = torch.nn.functional.one_hot(torch.clamp(code, max=2), 3).permute(0, 4, 1, 2, 3).float() * 20.0
-        unsure = (code == 3).unsqueeze(1)
-        return torch.where(unsure, torch.log(torch.tensor([0.55, 0.1, 0.35])).reshape(1, 3, 1, 1, 1), logits)
-
-
 def test_cascade_grows_large_tumors_into_their_unsure_margin_in_kits19_orientation():
     lab = two_kidney_labels((24, 64, 64))
     tumor = lab == 2
@@ -335,7 +328,7 @@ def test_cascade_grows_large_tumors_into_their_unsure_margin_in_kits19_orientati
     code[kits19_affine_volume(shell.astype(np.uint8), (3.0, 1.5, 1.5)).array > 0] = 300
     ct = labels.with_array(code)
     rough, fine = oracle_models((1.5, 1.5, 3.0))
-    fine.network = MarginOracleNet()
+    fine.network = UnsureOracleNet((0.55, 0.1, 0.35))  # an unsure tumor margin
     rois = rois_from_mask(labels, fine.fine_spacing, min_component_ml=0.01)
     tumor_ml = tumor.sum() * 6.75 / 1000
     without, grown = lab.copy(), lab.copy()

@@ -337,6 +337,25 @@ def test_phantom_main_refuses_bad_arguments(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
 
 
+def test_phantom_from_a_label_map_is_named_after_its_case(tmp_path, capsys):
+    from BiSCSegmentationLib.cli import label_case_name
+    lab = np.zeros((16, 48, 48), np.uint8)
+    lab[4:12, 10:24, 8:20] = 1
+    lab[6:9, 14:18, 10:14] = 2
+    (tmp_path / "case_00042").mkdir()
+    label = tmp_path / "case_00042" / "segmentation.nii.gz"
+    write_volume(kits19_affine_volume(lab, (3.0, 1.5, 1.5)), label)
+    assert phantom_main([str(tmp_path / "out"), "--from-label", str(label), "--seed", "5"]) == 0
+    assert (tmp_path / "out" / "case_00042" / "imaging.nii.gz").is_file()  # not case_00005: another case
+    assert f"anatomy of {label}" in capsys.readouterr().out
+    assert phantom_main([str(tmp_path / "out"), "--from-label", str(label), "--count", "2", "--seed", "5"]) == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["case_00042", "case_00042_seed5", "case_00042_seed6"]
+    assert phantom_main([str(tmp_path / "out"), "--from-label", str(label)]) == 2  # exists: --force
+    assert "case_00042 exists" in capsys.readouterr().err
+    assert label_case_name("/data/liver.seg.nrrd") == "liver" and label_case_name("x/y/mask.nii") == "mask"
+
+
 def test_render_overview(tmp_path):
     from BiSCSegmentationLib.demo import render_overview, save_png
 

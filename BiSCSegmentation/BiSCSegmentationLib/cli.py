@@ -6,6 +6,7 @@ exits 3 (pass hand-made ROIs with --rois); Ctrl-C exits 130 and leaves no partia
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -399,6 +400,19 @@ def segment_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- bisc-phantom
+def label_case_name(path) -> str:
+    """The case a label map belongs to: its KiTS19 folder (case_XXXXX/segmentation.nii.gz), else its file name
+    without the image extension."""
+    path = Path(path)
+    if re.fullmatch(r"case_\d{5}", path.parent.name):
+        return path.parent.name
+    name = path.name
+    for ext in (".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)] or "case"
+    return path.stem or "case"
+
+
 def build_phantom_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bisc-phantom",
@@ -408,7 +422,9 @@ def build_phantom_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=1, help="number of cases (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first case; case N uses seed+N (default 0)")
     p.add_argument("--from-label", metavar="PATH", help="build the CT around this label map (0/1/2) instead of "
-                                                       "a procedural one")
+                                                       "a procedural one; the case is named after the label map "
+                                                       "(its case_XXXXX folder, else its file name), with _seedN "
+                                                       "added when --count is over 1")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="voxel spacing in mm of procedural cases (default 0.78 0.78 3)")
     p.add_argument("--force", action="store_true", help="overwrite existing case folders")
@@ -433,7 +449,12 @@ def phantom_main(argv: Optional[Sequence[str]] = None) -> int:
         outdir = Path(args.outdir)
         if outdir.exists() and not outdir.is_dir():
             raise UsageError(f"{outdir} is a file; give a folder")
-        cases = [(args.seed + n, f"case_{args.seed + n:05d}") for n in range(args.count)]
+        seeds = [args.seed + n for n in range(args.count)]
+        if args.from_label:  # named after its anatomy, so that it is not taken for another KiTS19 case
+            source = label_case_name(args.from_label)
+            cases = [(s, source if args.count == 1 else f"{source}_seed{s}") for s in seeds]
+        else:
+            cases = [(s, f"case_{s:05d}") for s in seeds]
         if not args.force:
             existing = [c for _, c in cases if (outdir / c).exists()]
             if existing:
@@ -449,7 +470,8 @@ def phantom_main(argv: Optional[Sequence[str]] = None) -> int:
             ct, labels = phantom.make_case(seed, from_label=args.from_label, spacing=spacing)
             path = phantom.write_kits_case(outdir, case_id, ct, labels, force=args.force)
             counts = np.bincount(np.asarray(labels.array).astype(np.int64).ravel(), minlength=3)
-            print(f"Wrote {path} (seed {seed}): {' x '.join(map(str, ct.size_ijk))} voxels, spacing "
+            source = f", anatomy of {args.from_label}" if args.from_label else ""
+            print(f"Wrote {path} (seed {seed}{source}): {' x '.join(map(str, ct.size_ijk))} voxels, spacing "
                   f"{' x '.join(f'{s:.3g}' for s in ct.spacing)} mm, kidney {counts[1] * ct.voxel_volume_ml:.1f} "
                   f"ml, tumor {counts[2] * ct.voxel_volume_ml:.1f} ml ({time.perf_counter() - t:.1f} s)",
                   flush=True)

@@ -341,6 +341,13 @@ def test_decision_tuning_on_a_case_list_with_island_fractions(kits_like, tmp_pat
         assert words in capsys.readouterr().err, text
     assert main(base + ["--case-list", str(tmp_path / "missing.txt")]) == 2
     assert "cannot read the case list" in capsys.readouterr().err
+    # an invalid grid is refused before any case is scored, and nothing is written
+    for flag, value, words in (("--min-island-fraction", "0.2,2", "min_island_fraction must be in [0, 1]"),
+                               ("--tumor-margin-bias", "-1", "tumor_margin_bias and"),
+                               ("--rough-foreground-bias", "nan", "rough rule")):
+        assert main(base + ["--n", "1", flag, value, "--out", str(tmp_path / "bad.json")]) == 2
+        err = capsys.readouterr()
+        assert words in err.err and "(1/" not in err.out and not (tmp_path / "bad.json").exists(), flag
 
 
 def test_prior_scale_scores_find_the_shift_that_made_the_labels():

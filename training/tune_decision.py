@@ -28,8 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from BiSCSegmentationLib.cascade import CascadePredictor, NoKidneyFound, canonical_view, paste_max, small_components
-from BiSCSegmentationLib.decision import (ISLAND_FRACTION, Decision, apply_case_steps, case_step_maps,
-                                         labels_from_differences, probability_to_uint8, tumor_probability)
+from BiSCSegmentationLib.decision import (ISLAND_FRACTION, Decision, apply_case_steps, labels_from_differences,
+                                         margin_candidates, probability_to_uint8, tumor_probability)
 from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of
 from BiSCSegmentationLib.volume import Volume
 
@@ -79,7 +79,7 @@ def case_scores(canon: Volume, gt: np.ndarray, rois: list, decisions: Sequence[D
     for d in decisions:
         key = (d.foreground_bias, d.tumor_margin_bias)
         if d.has_margin_step and key not in margins:
-            margins[key] = paste_max(union, boxes, [case_step_maps(diff, d)[1] for _, diff in rois])
+            margins[key] = paste_max(union, boxes, [margin_candidates(diff, d) for _, diff in rois])
     scores = {}
     for rule in {_labelling(d) for d in decisions}:  # labels once per rule and biases
         per_roi = []
@@ -228,6 +228,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     grid = list(dict.fromkeys(d if d.has_margin_step else replace(d, tumor_margin_min_ml=0.0) for d in grid))
     decisions = list(dict.fromkeys([own.decision] + grid))  # the model's own rule: the reference row
     roughs = list(dict.fromkeys([own_rough.decision] + [Decision("foreground", b) for b in args.rough_foreground_bias]))
+    bad = next((f"{stage} rule {d.describe()}: {p}" for stage, rules in (("fine", grid), ("rough", roughs))
+                for d in rules for p in [d.problem(stage)] if p), None)
+    if bad:  # before hours of scoring, not when the winner is written
+        print(f"tune_decision: the grid holds an invalid {bad}", file=sys.stderr)
+        return 2
     workers = max(1, args.workers)
     offset = args.seed_offset if args.synthesize else None
     init = (str(args.models), str(args.kits), offset, roughs, decisions,

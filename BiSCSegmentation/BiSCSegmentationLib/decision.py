@@ -91,7 +91,7 @@ class Decision:
         values = (self.foreground_bias, self.tumor_bias, self.min_tumor_ml, self.min_tumor_probability,
                   self.tumor_margin_bias, self.tumor_margin_min_ml)
         if not all(math.isfinite(v) for v in values + (self.min_island_fraction,)):
-            return f"decision settings must be finite numbers, got {values}"
+            return f"decision settings must be finite numbers, got {values + (self.min_island_fraction,)}"
         if self.rule == "argmax" and any(values):
             return "the argmax rule takes no biases or tumor component or margin settings; use rule 'foreground'"
         if self.min_tumor_ml < 0:
@@ -166,12 +166,17 @@ def labels_from_differences(diff: torch.Tensor, decision: Decision = ARGMAX) -> 
         out = (d1 > 0).to(torch.uint8)
         out[d2 > torch.clamp(d1, min=0)] = 2
         return out.cpu().numpy()
-    p0 = (1.0 - d1 - d2) / 3.0
-    p1, p2 = d1 + p0, d2 + p0
+    p0, p1, p2 = _probabilities(diff)
     fg = (p1 + p2) * math.exp(decision.foreground_bias) > p0
     out = fg.to(torch.uint8)
     out[fg & (p2 * math.exp(decision.tumor_bias) > p1)] = 2
     return out.cpu().numpy()
+
+
+def _probabilities(diff: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(p0, p1, p2) from ``diff`` = (p1 - p0, p2 - p0), with p0 + p1 + p2 = 1."""
+    p0 = (1.0 - diff[0] - diff[1]) / 3.0
+    return p0, diff[0] + p0, diff[1] + p0
 
 
 def tumor_probability(diff: torch.Tensor) -> torch.Tensor:
@@ -227,14 +232,15 @@ def case_step_maps(diff: torch.Tensor, decision: Decision) -> Tuple[Optional[np.
     pasted (where ROIs overlap, the maximum): (p(tumor) as uint8 when step 3 tests it, step 4's margin
     candidates as bool when step 4 runs), each None when not needed."""
     p_tumor = probability_to_uint8(tumor_probability(diff)) if decision.min_tumor_probability > 0 else None
-    margin = None
-    if decision.has_margin_step:
-        d1, d2 = diff[0], diff[1]
-        p0 = (1.0 - d1 - d2) / 3.0
-        p1, p2 = d1 + p0, d2 + p0
-        bias = decision.foreground_bias + decision.tumor_margin_bias
-        margin = ((p2 > p1) & ((p1 + p2) * math.exp(bias) > p0)).cpu().numpy()
-    return p_tumor, margin
+    return p_tumor, margin_candidates(diff, decision) if decision.has_margin_step else None
+
+
+def margin_candidates(diff: torch.Tensor, decision: Decision) -> np.ndarray:
+    """Step 4's candidates on one ROI's voxels (bool): p(tumor) > p(kidney) and the foreground passes the
+    threshold lowered by the margin bias."""
+    p0, p1, p2 = _probabilities(diff)
+    bias = decision.foreground_bias + decision.tumor_margin_bias
+    return ((p2 > p1) & ((p1 + p2) * math.exp(bias) > p0)).cpu().numpy()
 
 
 def grow_tumor_margins(labels: np.ndarray, voxel_ml: float, min_ml: float, candidates: np.ndarray) -> int:
@@ -275,4 +281,4 @@ def apply_case_steps(labels: np.ndarray, voxel_ml: float, decision: Decision, p_
 
 
 __all__ = ["Decision", "ARGMAX", "ISLAND_FRACTION", "RULES", "apply_case_steps", "case_step_maps", "grow_tumor_margins",
-           "labels_from_differences", "probability_to_uint8", "relabel_tumor_components", "tumor_probability"]
+           "labels_from_differences", "margin_candidates", "probability_to_uint8", "relabel_tumor_components", "tumor_probability"]

@@ -346,6 +346,7 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = "Starting..."
+        self._showWarnings([])
         self.pollTimer.start()
         self.updateButtons()
 
@@ -368,6 +369,7 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run = None
         if status.details:
             logging.info(status.details)
+        self._showWarnings(status.warnings)
         try:
             if run.task == "locate":
                 self.logic.workflow.finish_locate(run, status)
@@ -384,6 +386,21 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = f"Failed: {exc}"
             slicer.util.errorDisplay(f"Could not show the result: {exc}. Details are in the Python console.")
         self.refreshRois()
+
+    def _showWarnings(self, warnings):
+        """Quality warnings in a red box under the status line; critical ones also in a dialog, so that an
+        implausible result is never taken on trust."""
+        from BiSCSegmentationLib.quality import CRITICAL
+
+        from BiSCSegmentationSlicer.logic import warnings_text
+
+        text = warnings_text(warnings)
+        self.ui.qualityLabel.text = text
+        self.ui.qualityLabel.visible = bool(text)
+        for w in warnings:
+            logging.warning(f"BiSCSegmentation: {w}")
+        if any(w.severity == CRITICAL for w in warnings):
+            slicer.util.warningDisplay(text, windowTitle="BiSCSegmentation: implausible result")
 
     def _finishSegment(self, run, status):
         try:

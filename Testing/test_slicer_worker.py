@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from slicer_fixtures import case_files, needs_slicer_core  # noqa: F401 - fixture
+from slicer_fixtures import case_files, ctx, needs_slicer_core  # noqa: F401 - fixtures
 
 pytestmark = [needs_slicer_core, pytest.mark.slicer]
 
@@ -174,3 +174,33 @@ def test_slicer_request_roi_growth_reaches_the_fine_stage_and_the_boxes_used_com
                        lambda s, f: None, lambda: False) for n in (0, 2)]
     assert seen == [0, 2]
     assert results[0]["rois"] == [roi] and results[1]["rois"] == [grow_roi(roi, [(2, 1)])]
+
+
+def test_quality_warnings_cross_the_process_and_travel_with_the_segmentation(case_files, ctx):
+    """A CT with 7 mm slices is readable but doubtful: the warning the cascade raises reaches the panel (through
+    the worker process) and is stored on the segmentation node it writes."""
+    from BiSCSegmentationLib.quality import CRITICAL, QualityWarning
+    from BiSCSegmentationLib.roi import KidneyROI
+    from BiSCSegmentationLib.volume import Volume, read_volume
+    from BiSCSegmentationSlicer.logic import BiSCLogic, Run, stored_warnings, warnings_text
+    from BiSCSegmentationSlicer.scene import load_volume
+    from BiSCSegmentationSlicer.worker import ProcessJob, make_request
+
+    base = read_volume(case_files["ct"])
+    ct = Volume(base.array, (base.spacing[0], base.spacing[1], 7.0), base.origin, base.direction)
+    roi = KidneyROI(tuple(ct.index_to_physical((np.array(ct.size_ijk) - 1) / 2)), (100, 100, 100), "right")
+    job = ProcessJob(make_request("segment", _choice(case_files), device="cpu", rois=[roi]), ct).start()
+    status, _ = _poll_all(job)
+    assert status.state == "done", status.error + status.details
+    codes = [w.code for w in status.warnings]
+    assert "INPUT_THICK_SLICES" in codes and all(isinstance(w, QualityWarning) for w in status.warnings)
+
+    node = load_volume(ctx, case_files["ct"], name="CT")
+    logic = BiSCLogic(ctx)
+    seg = logic.finish_segment(Run("segment", node, read_volume(case_files["ct"]), job, [roi]), status, mode="new")
+    assert [w.code for w in stored_warnings(seg)] == codes
+    text = warnings_text(status.warnings)
+    assert "7 mm" in text and text.splitlines()[0].startswith(f"{len(codes)} quality warning")
+    critical = QualityWarning("KIDNEY_VOLUME", CRITICAL, "a kidney of 4000 mL")
+    assert warnings_text([status.warnings[0], critical]).splitlines()[1].startswith("- a kidney of 4000 mL")
+    assert warnings_text([]) == ""

@@ -24,6 +24,7 @@ import torch
 from .backends import select_backend
 from .decision import ISLAND_FRACTION, Decision, apply_case_steps, case_step_maps, labels_from_differences
 from .model_file import StageModel, load_bundled, load_model_file
+from .quality import QualityWarning, check_input, check_result, merge, roi_warnings
 from .resample import (AxisMap, covering_map, nearest_to_stored, resample_linear, resample_view,
                        spacing_map)
 from .roi import KidneyROI, check_roi, grow_roi, roi_index_bounds, rois_from_mask, touched_faces
@@ -120,6 +121,11 @@ class CascadePredictor:
         self.roi_growth, self.roi_growth_min_mm2 = int(roi_growth), float(roi_growth_min_mm2)
         self.roi_growth_label = int(roi_growth_label)
         self.used_rois: List[KidneyROI] = []
+        self._entropy: Tuple[float, int] = (0.0, 0)
+        # what the last locate() or segment() found doubtful about its input and result (quality.py)
+        self.warnings: List[QualityWarning] = []
+        # the fine network's doubt per ROI of the last segment(): (mean entropy over its foreground, voxels)
+        self.roi_entropies: List[Tuple[float, int]] = []
         # how each stage's probabilities become labels: the model file's own rule unless one is given
         self.decision = fine.decision if decision is None else decision
         self.rough_decision = rough.decision if rough_decision is None else rough_decision
@@ -182,7 +188,7 @@ class CascadePredictor:
     # ----------------------------------------------------------------------------------------------- stages
     def locate(self, ct: Volume) -> RoughResult:
         """Rough stage: in-plane to 128x128 (z at the model's spacing), predict, find one ROI per kidney."""
-        check_ct(ct)
+        self.warnings = check_input(ct)
         t0 = time.perf_counter()
         self._report("rough", 0.0)
         canon, reo = canonical_view(ct)
@@ -200,13 +206,15 @@ class CascadePredictor:
         rois = rois_from_mask(lowres, self.fine_model.fine_spacing, min_component_ml=self.min_component_ml,
                               midline_x=_midline_x(canon))
         back = [m.inverse(n) for m, n in zip(maps, canon.array.shape)]
+        self.warnings = merge(self.warnings, roi_warnings(rois))
         self.timings["locate"] = time.perf_counter() - t1
         self._report("rough", 1.0)
         return RoughResult(lambda: ct.with_array(nearest_to_stored(low, back, reo)), lowres, rois)
 
     def segment(self, ct: Volume, rois: Sequence[KidneyROI]) -> Volume:
-        """Fine stage on each ROI at the fine model's spacing; results pasted back onto ct's grid."""
-        check_ct(ct)
+        """Fine stage on each ROI at the fine model's spacing; results pasted back onto ct's grid. The input
+        and the result are checked (``self.warnings``)."""
+        input_warnings = check_input(ct)
         if not rois:
             raise NoKidneyFound()
         problems = [p for r in rois for p in check_roi(r, ct)]
@@ -216,12 +224,13 @@ class CascadePredictor:
         canon, reo = canonical_view(ct)
         out_stored = np.zeros(ct.array.shape, dtype=np.uint8)
         out = reo.apply(out_stored)  # a canonical view: pasting into it fills out_stored, no copy back
-        boxes, maps, used = [], [], []
+        boxes, maps, used, entropies = [], [], [], []
         for n, roi in enumerate(rois):
             span = (n / len(rois), (n + 1) / len(rois))
             self._report("fine", span[0])
             roi, box, labels, roi_maps = self._segment_roi(canon, roi, span, self.decision.has_case_steps)
             used.append(roi)
+            entropies.append(self._entropy)
             region = out[box]
             np.maximum(region, labels, out=region)  # overlapping ROIs: union, tumor wins over kidney
             boxes.append(box)
@@ -230,7 +239,9 @@ class CascadePredictor:
             union = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
             pasted = [None if m[0] is None else paste_max(union, boxes, m) for m in zip(*maps)]
             apply_case_steps(out[union], float(np.prod(canon.spacing)) / 1000.0, self.decision, *pasted)
-        self.used_rois = used
+        self.used_rois, self.roi_entropies = used, entropies
+        self.warnings = merge(input_warnings, check_result(out, canon.array, canon.spacing[::-1], boxes, used,
+                                                           entropies))
         self._report("fine", 1.0)
         result = ct.with_array(out_stored)
         self.timings["fine"] = time.perf_counter() - t0
@@ -290,6 +301,7 @@ class CascadePredictor:
         if probs.shape[0] != 3:
             raise ValueError(f"the fine model predicts {probs.shape[0]} classes; the cascade needs 3 "
                              "(background, kidney, tumor)")
+        self._entropy = foreground_entropy(probs)
         # Interpolation is linear, so restoring p1 - p0 and p2 - p0 gives the labels of the restored
         # probabilities (either decision rule) with two channels instead of three (a third less of the
         # largest glue step).
@@ -321,6 +333,17 @@ def canonical_view(ct: Volume) -> Tuple[Volume, Reorientation]:
         new_spacing[p] = ct.spacing[a]
         corner[a] = size[a] - 1 if r.flips[n] else 0
     return Volume(r.apply(ct.array), tuple(new_spacing), tuple(ct.index_to_physical(corner)), new_dir), r
+
+
+def foreground_entropy(probs: torch.Tensor) -> Tuple[float, int]:
+    """(mean entropy of the class probabilities, normalised to 0-1, over the voxels more likely kidney or tumor
+    than background; their number): how unsure the network is of what it labels."""
+    fg = probs[0] < 0.5
+    count = int(fg.sum())
+    if not count:
+        return 0.0, 0
+    p = probs[:, fg].float().clamp_min(1e-7)
+    return float((-(p * p.log()).sum(0) / math.log(probs.shape[0])).mean()), count
 
 
 def label_argmax(probs: torch.Tensor) -> np.ndarray:
@@ -378,16 +401,6 @@ def rough_grid(canon: Volume, inplane_size: int, z_spacing: float) -> Tuple[Axis
     nz, ny, nx = canon.array.shape
     return (spacing_map(nz, canon.spacing[2], z_spacing), covering_map(ny, inplane_size),
             covering_map(nx, inplane_size))
-
-
-def check_ct(ct: Volume) -> None:
-    if ct.array.dtype.kind not in "iuf":
-        raise VolumeError(f"the CT must hold numbers (Hounsfield units), got dtype {ct.array.dtype}")
-    if min(ct.array.shape) < 2:
-        raise VolumeError(f"the image is not a 3D CT volume (shape {ct.array.shape}); give a CT with several slices")
-    if ct.array.size and float(np.min(ct.array)) >= 0 and float(np.max(ct.array)) <= 1:
-        raise VolumeError("the image values lie in [0, 1]: not a CT in Hounsfield units (is it a mask or a "
-                          "normalised image?); give the original CT")
 
 
 def _grid_volume(canon: Volume, maps: Sequence[AxisMap], array: np.ndarray) -> Volume:
@@ -506,4 +519,4 @@ def sliding_window(model: StageModel, image: torch.Tensor, device: torch.device,
 
 
 __all__ = ["CascadePredictor", "CascadeResult", "RoughResult", "Cancelled", "NoKidneyFound", "pick_device",
-           "fine_grid", "sliding_window", "run_network", "check_ct", "Reorientation"]
+           "fine_grid", "sliding_window", "run_network", "Reorientation"]

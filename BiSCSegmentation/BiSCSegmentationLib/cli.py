@@ -1,7 +1,8 @@
 """Command-line tools: ``bisc-segment`` (CT file in, label map out) and ``bisc-phantom`` (synthetic KiTS cases).
 
 Errors the user can fix print one line starting with ``error:`` and exit with status 2; "no kidney found"
-exits 3 (pass hand-made ROIs with --rois); Ctrl-C exits 130 and leaves no partial output behind.
+exits 3 (pass hand-made ROIs with --rois); with --strict, a run that raised quality warnings exits 4 (its
+outputs are written); Ctrl-C exits 130 and leaves no partial output behind.
 """
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .quality import QualityWarning, check_input, exit_status_text, merge
 from .roi import KidneyROI, ROIError, check_roi, load_rois, save_rois
+from .summary import summary_document, write_summary
 from .volume import (WRITABLE_LABEL_SUFFIXES, Volume, VolumeError, atomic_target, read_volume, to_sitk,
                      write_volume)
 
 EXIT_USAGE = 2
 EXIT_NO_KIDNEY = 3
+EXIT_WARNINGS = 4   # --strict: the run finished and wrote its outputs, but raised quality warnings
 EXIT_CANCELLED = 130
 
 # ------------------------------------------------------------------------------------------------- seg.nrrd
@@ -96,22 +100,6 @@ def write_seg_nrrd(labels: Volume, path, force: bool = False, segments: Sequence
     return path
 
 
-# ---------------------------------------------------------------------------------------------- input checks
-def check_input_ct(ct: Volume) -> None:
-    """Refuse what is clearly not a CT in Hounsfield units (masks, label maps, normalised images)."""
-    from .cascade import check_ct
-
-    check_ct(ct)
-    a = ct.array
-    sample = a[:: max(1, a.shape[0] // 32), ::4, ::4]
-    if sample.size and float(sample.min()) >= 0 and np.all(np.mod(sample, 1) == 0):
-        values = np.unique(sample)
-        if values.size <= 16 and float(values.max()) < 256:
-            shown = ", ".join(str(int(v)) for v in values[:8])
-            raise VolumeError(f"the image holds only a few small whole numbers ({shown}): it looks like a label "
-                              f"map, not a CT in Hounsfield units; give the original CT")
-
-
 # ------------------------------------------------------------------------------------------------- bisc-segment
 def build_segment_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -122,6 +110,10 @@ def build_segment_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="label map to write (.nii.gz, .nii, .nrrd or .mha)")
     p.add_argument("--seg-nrrd", metavar="PATH", help="also write a 3D Slicer segmentation (.seg.nrrd)")
     p.add_argument("--save-rois", metavar="PATH", help="also write the kidney ROIs (JSON, LPS mm) for editing")
+    p.add_argument("--summary", metavar="PATH", help="also write a JSON summary: volumes, ROIs, quality warnings, "
+                                                     "timings, model name and checksums")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with code 4 when the run raises any quality warning (outputs are still written)")
     p.add_argument("--rois", metavar="PATH", help="ROI JSON (e.g. an edited --save-rois file): run only the fine "
                                                   "stage inside these boxes")
     p.add_argument("--rough-only", action="store_true", help="run only the rough stage; write its preview mask")
@@ -157,6 +149,7 @@ class SegmentOutcome:
     rois: List[KidneyROI]
     outputs: List[Path]
     timings: Dict[str, float] = field(default_factory=dict)
+    warnings: List[QualityWarning] = field(default_factory=list)
 
 
 class UsageError(ValueError):
@@ -169,6 +162,8 @@ def _planned_outputs(args) -> List[Tuple[str, Path]]:
         outs.append(("segmentation", Path(args.seg_nrrd)))
     if args.save_rois:
         outs.append(("ROI file", Path(args.save_rois)))
+    if getattr(args, "summary", None):
+        outs.append(("summary", Path(args.summary)))
     return outs
 
 
@@ -183,6 +178,8 @@ def check_outputs(args) -> None:
     outs = _planned_outputs(args)
     if not outs[0][1].name.lower().endswith(WRITABLE_LABEL_SUFFIXES):
         raise UsageError(f"{outs[0][1]}: unsupported output format; use {', '.join(WRITABLE_LABEL_SUFFIXES)}")
+    if getattr(args, "summary", None) and not args.summary.lower().endswith(".json"):
+        raise UsageError(f"{args.summary}: the summary is a JSON file; give a name ending in .json")
     if args.seg_nrrd and not args.seg_nrrd.lower().endswith(".seg.nrrd"):
         raise UsageError(f"{args.seg_nrrd}: a Slicer segmentation file must end with .seg.nrrd")
     resolved = [p.resolve() for _, p in outs]
@@ -272,7 +269,7 @@ def run_segment(args) -> SegmentOutcome:
 
     t = time.perf_counter()
     ct = read_volume(args.input)
-    check_input_ct(ct)
+    check_input(ct)  # refuse an unreadable CT before loading models (the cascade checks it again)
     timings["read input"] = time.perf_counter() - t
     _say(args, f"Read {args.input}: {' x '.join(map(str, ct.size_ijk))} voxels, spacing "
                f"{' x '.join(f'{s:.3g}' for s in ct.spacing)} mm")
@@ -304,10 +301,12 @@ def run_segment(args) -> SegmentOutcome:
             rules = ([] if args.rois else [f"rough: {predictor.rough_decision.describe()}"]) + \
                     ([] if args.rough_only else [f"fine: {predictor.decision.describe()}"])
             progress.write("Decision rule, " + "; ".join(rules))
+        warnings: List[QualityWarning] = []
         if args.rois:
             labels = predictor.segment(ct, rois)
         else:
             rough = predictor.locate(ct)
+            warnings = list(predictor.warnings)
             rois = rough.rois
             if args.rough_only:
                 labels = rough.mask
@@ -316,6 +315,7 @@ def run_segment(args) -> SegmentOutcome:
                 if not rois:
                     raise NoKidneyFound()
                 labels = predictor.segment(ct, rois)
+        warnings = merge(warnings, predictor.warnings)
         if not args.rough_only:
             grown = [(a, b) for a, b in zip(rois, predictor.used_rois) if a != b]
             rois = list(predictor.used_rois)  # what the labels come from (and what --save-rois writes)
@@ -337,6 +337,12 @@ def run_segment(args) -> SegmentOutcome:
             written.append(write_seg_nrrd(labels, args.seg_nrrd, force=args.force))
         if args.save_rois:
             written.append(save_rois(rois, args.save_rois, force=args.force))
+        if args.summary:
+            timings["write outputs"] = time.perf_counter() - t
+            timings["total"] = time.perf_counter() - t_start
+            doc = summary_document(args.input, ct, labels, rois, warnings, timings, _model_info(predictor, args),
+                                   _settings(args, predictor))
+            written.append(write_summary(doc, args.summary, force=args.force))
     except BaseException:
         for p in written:  # no partial set of outputs
             Path(p).unlink(missing_ok=True)
@@ -354,7 +360,27 @@ def run_segment(args) -> SegmentOutcome:
         print("Timings:")
         for key, value in timings.items():
             print(f"  {key:<14} {value:8.2f} s")
-    return SegmentOutcome(ct, labels, rois, written, timings)
+    # warnings go to stderr even with --quiet: a doubtful result must not pass unnoticed
+    for w in warnings:
+        print(str(w), file=sys.stderr, flush=True)
+    if warnings or not args.quiet:
+        print(exit_status_text(warnings), file=sys.stderr if warnings else sys.stdout, flush=True)
+    return SegmentOutcome(ct, labels, rois, written, timings, warnings)
+
+
+def _model_info(predictor, args) -> Dict:
+    from .model_file import bundled_entry
+
+    name = "custom files" if args.rough_model else bundled_entry(args.model)[0]
+    return {"name": name, **{stage: {"file": str(m.path) if m.path else None, "sha256": m.sha256}
+                             for stage, m in (("rough", predictor.rough_model), ("fine", predictor.fine_model))}}
+
+
+def _settings(args, predictor) -> Dict:
+    return {"device": str(predictor.device), "backend": predictor.backend_name, "mirror": bool(args.mirror),
+            "roi_growth": int(args.roi_growth), "keep_small_tumors": bool(args.keep_small_tumors),
+            "plain_tumor_borders": bool(args.plain_tumor_borders), "rois_from": args.rois,
+            "rough_only": bool(args.rough_only)}
 
 
 def _mm(size) -> str:
@@ -376,7 +402,8 @@ def run_segment_cli(argv: Optional[Sequence[str]] = None) -> Tuple[int, Optional
     except SystemExit as exc:  # argparse already printed usage
         return (int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE), None
     try:
-        return 0, run_segment(args)
+        outcome = run_segment(args)
+        return (EXIT_WARNINGS if args.strict and outcome.warnings else 0), outcome
     except NoKidneyFound as exc:
         _error(f"{exc} Nothing was written. Write an ROI file (format: see --save-rois) and run again with "
                f"--rois FILE.")
@@ -485,4 +512,4 @@ def phantom_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 __all__ = ["segment_main", "phantom_main", "run_segment", "run_segment_cli", "write_seg_nrrd",
-           "seg_nrrd_metadata", "check_input_ct", "SEGMENTS", "SegmentOutcome"]
+           "seg_nrrd_metadata", "SEGMENTS", "SegmentOutcome"]

@@ -218,6 +218,9 @@ def read_volume(path: PathLike) -> Volume:
             image = reader.Execute()
         else:
             image = sitk.ReadImage(str(path))
+            from .integrity import check_complete
+
+            check_complete(path)  # ITK fills a truncated file's missing voxels with zeros without a word
     except VolumeError:
         raise
     except RuntimeError as exc:

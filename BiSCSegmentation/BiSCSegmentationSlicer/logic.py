@@ -11,8 +11,9 @@ The module widget, its self-test and the pytest suite (on PyPI's slicer-core) al
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -24,6 +25,8 @@ from .worker import ProcessJob, Status, ThreadJob, make_request
 NO_KIDNEY_MESSAGE = ("No kidney was found in this CT. Add an ROI by hand around each kidney (\"Add ROI\", then "
                      "move and resize it in the slice views) and press \"Segment kidneys\".")
 CANCELLED_MESSAGE = "Cancelled. Nothing was changed."
+# the quality warnings of the run that wrote a segmentation travel with it (JSON list of code/severity/message)
+WARNINGS_ATTRIBUTE = "BiSCSegmentation.QualityWarnings"
 PLAIN_ERRORS = ("ModelFileError", "VolumeError", "ROIError", "ValueError", "SceneError", "FileNotFoundError")
 
 
@@ -51,6 +54,25 @@ class Run:
     ct: object
     job: object
     rois: list = field(default_factory=list)
+
+
+def warnings_text(warnings: Sequence) -> str:
+    """The panel's warning box: one line per quality warning, most severe first, and what it means ("" when
+    there is none)."""
+    from BiSCSegmentationLib.quality import CRITICAL, exit_status_text
+
+    if not warnings:
+        return ""
+    ordered = sorted(warnings, key=lambda w: w.severity != CRITICAL)
+    return "\n".join([exit_status_text(warnings)] + [f"- {w.message} [{w.code}]" for w in ordered])
+
+
+def stored_warnings(node) -> list:
+    """The quality warnings recorded on a segmentation node this module wrote."""
+    from BiSCSegmentationLib.quality import QualityWarning
+
+    raw = node.GetAttribute(WARNINGS_ATTRIBUTE) if node is not None else None
+    return [QualityWarning.from_dict(d) for d in json.loads(raw)] if raw else []
 
 
 def error_message(status: Status) -> str:
@@ -175,7 +197,9 @@ class BiSCLogic:
         result = self._check(run, status, "segment")
         used = result.get("rois", run.rois)
         roi_nodes.show_grown(self.ctx, run.volume_node, run.rois, used)
-        return self.apply_labels(run.volume_node, result["labels"], used, mode=mode, ct=run.ct)
+        node = self.apply_labels(run.volume_node, result["labels"], used, mode=mode, ct=run.ct)
+        node.SetAttribute(WARNINGS_ATTRIBUTE, json.dumps(result.get("warnings", [])))
+        return node
 
     def apply_labels(self, volume_node, labels: np.ndarray, rois: List, mode: str = "ask", ct=None):
         ct = ct if ct is not None else self.ct(volume_node)

@@ -41,7 +41,8 @@ class Status:
     fraction: float = 0.0
     error: str = ""
     error_kind: str = ""           # exception class name (NoKidneyFound, ModelFileError, Cancelled, ...)
-    # locate: {"mask", "rois"}; segment: {"labels", "rois" (the boxes used)}; both: "backend", "seconds"
+    # locate: {"mask", "rois"}; segment: {"labels", "rois" (the boxes used)}; both: "backend", "seconds",
+    # "warnings" (quality warnings as dicts: code, severity, message)
     result: Optional[dict] = None
     details: str = ""              # traceback / log tail for the Python console
 
@@ -52,6 +53,13 @@ class Status:
     @property
     def text(self) -> str:
         return STAGE_TEXT.get(self.stage, self.stage)
+
+    @property
+    def warnings(self) -> list:
+        """The run's quality warnings (BiSCSegmentationLib.quality.QualityWarning), empty before a result."""
+        from BiSCSegmentationLib.quality import QualityWarning
+
+        return [QualityWarning.from_dict(w) for w in (self.result or {}).get("warnings", [])]
 
     @property
     def ran_on(self) -> str:
@@ -100,6 +108,7 @@ def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -
     # shown to the user: which backend ran (e.g. "OpenVINO f32 on CPU" or the torch fallback) and how long
     result["backend"] = predictor.backend_name
     result["seconds"] = round(sum(predictor.timings.values()), 2)
+    result["warnings"] = [w.to_dict() for w in predictor.warnings]  # what the user must be told to check
     return result
 
 
@@ -220,7 +229,7 @@ class ProcessJob:
             if "rois" in meta:
                 from BiSCSegmentationLib.roi import KidneyROI
                 result["rois"] = [KidneyROI(r["center"], r["size"], r["side"]) for r in meta["rois"]]
-            result.update({k: meta[k] for k in ("backend", "seconds") if k in meta})
+            result.update({k: meta[k] for k in ("backend", "seconds", "warnings") if k in meta})
             return Status(state="done", stage=meta.get("stage", ""), fraction=1.0, result=result)
         if self._kill_at is not None:
             return Status(state="cancelled", error="cancelled", error_kind="Cancelled")
@@ -293,7 +302,8 @@ def main(argv=None) -> int:
         return 1
     arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
     np.savez_compressed(os.path.join(jobdir, "result.npz"), **arrays)
-    meta = {"stage": request["task"], "backend": result.get("backend", ""), "seconds": result.get("seconds")}
+    meta = {"stage": request["task"], "backend": result.get("backend", ""), "seconds": result.get("seconds"),
+            "warnings": result.get("warnings", [])}
     if "rois" in result:
         meta["rois"] = [r.to_dict() for r in result["rois"]]
     _write_json(os.path.join(jobdir, "result.json"), meta)

@@ -1,5 +1,5 @@
 """bisc-evaluate on kidney-only references (real CT), ROI containment, refused label values, the KiTS23 cyst
-mapping."""
+mapping, and bisc-train all refusing too few cases."""
 import csv
 import json
 
@@ -110,3 +110,14 @@ def test_cysts_scored_as_kidney_when_asked(tmp_path):
     write_volume(Volume(bad, SPACING), pred_dir / "case_00001.nii.gz", force=True)
     with pytest.raises(ValueError, match=r"prediction .* values 3 "):
         evaluate_folders(pred_dir, gt_dir, cyst_as="kidney", progress=False)
+
+
+def test_train_all_refuses_a_folder_too_small_for_its_splits_before_any_work(tmp_path, capsys, monkeypatch):
+    from bisc_training import cli
+    write_volume(Volume(kidneys(), SPACING), tmp_path / "kits" / "case_00000" / "segmentation.nii.gz")
+    monkeypatch.setattr(cli.D, "prepare_cache", lambda *a, **k: pytest.fail("prepared before checking the split"))
+    out = tmp_path / "run"
+    assert cli.main(["all", "--kits", str(tmp_path / "kits"), "--out", str(out), "--tune-cases", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "training 1, held-out 0, tuning 1" in err and "no held-out case to evaluate" in err
+    assert "at least 2 cases" in err and not out.exists()

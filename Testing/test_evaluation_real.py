@@ -1,7 +1,9 @@
 """bisc-evaluate on kidney-only references (real CT), ROI containment, refused label values, the KiTS23 cyst
-mapping, and bisc-train all refusing too few cases."""
+mapping, bisc-train all refusing too few cases, and the real-CT benchmark's scoring on the shared real case."""
 import csv
+import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -9,8 +11,10 @@ import pytest
 from BiSCSegmentationLib.evaluation import evaluate_folders, main, summarise
 from BiSCSegmentationLib.roi import KidneyROI, save_rois
 from BiSCSegmentationLib.volume import Volume, read_volume, write_volume
+from conftest import REPO
 
 SPACING = (1.0, 2.0, 3.0)          # (i, j, k) mm: a voxel is 6 mm^3
+REALCT = REPO.parent / "shared" / "data" / "realct"
 
 
 def kidneys():
@@ -121,3 +125,45 @@ def test_train_all_refuses_a_folder_too_small_for_its_splits_before_any_work(tmp
     err = capsys.readouterr().err
     assert "training 1, held-out 0, tuning 1" in err and "no held-out case to evaluate" in err
     assert "at least 2 cases" in err and not out.exists()
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("realct_benchmark", REPO / "benchmarks" / "realct_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not (REALCT / "totalseg_example" / "kidneys.nii.gz").is_file(),
+                    reason=f"shared real CT not found at {REALCT}")
+def test_realct_benchmark_scores_the_shared_reference_against_itself_perfectly():
+    bench = _benchmark()
+    case = next(c for c in bench.find_cases([REALCT]) if c.name == "totalseg_example")
+    assert case.kidney_only and case.phase == "non-contrast"
+    ref = read_volume(case.reference)
+    centre = ref.index_to_physical((np.array(ref.size_ijk) - 1) / 2.0)
+    everything = KidneyROI(tuple(centre), (1000.0, 1000.0, 1000.0), "both")
+    row = bench.case_row(case, ref, ref, [everything], 1.0)
+    assert row["kidney_dice"] == 1.0 and row["kidney_surface_dice_1.0mm"] == 1.0
+    assert row["tumor_dice"] is None and row["false_tumor_ml"] == 0.0
+    assert row["roi_containment_right"] == row["roi_containment_left"] == 1.0 and row["roi_count"] == 1
+    assert row["ref_kidney_ml"] == pytest.approx(185 + 139, abs=1.0)  # as the folder's README says
+    table = bench.markdown([row], {"model": "m", "command": "c", "date": "d", "machine": "x"})
+    assert "| totalseg_example | non-contrast | 1.000 | 1.000 | n/a (no tumor label) | 1 | right 100%, left 100%" \
+        in table
+
+
+def test_realct_benchmark_finds_extra_case_folders_and_their_contrast_phase(tmp_path):
+    bench = _benchmark()
+    for name, ref in (("a_case", "kidneys.nii.gz"), ("b_case", "labels.nii.gz"), ("no_ref", None)):
+        (tmp_path / name).mkdir()
+        for f in ["ct.nii.gz"] + ([ref] if ref else []):
+            (tmp_path / name / f).write_bytes(b"")
+    (tmp_path / "README.md").write_text("# cases\n\n## a_case/\n\nPhase not recorded.\n\n"
+                                        "## b_case/\n\nNon-contrast CT after an arterial study.\n")
+    cases = bench.find_cases([tmp_path])
+    assert [(c.name, c.kidney_only, c.phase) for c in cases] == [("a_case", True, "unknown"),
+                                                                 ("b_case", False, "non-contrast")]
+    (tmp_path / "a_case" / "README.md").write_text("Portal-venous phase, 70 s.\n")  # its own README first
+    assert bench.find_cases([tmp_path / "a_case"])[0].phase == "portal venous"  # a case folder given itself

@@ -188,6 +188,21 @@ def cmd_prepare(args, cache: Path, split_path: Path) -> dict:
     return split
 
 
+def check_split_sizes(split: dict, tune_cases: int, source) -> None:
+    """'all' trains and tunes on the split's training cases and evaluates its held-out ones: refuse a split
+    with an empty part before preparing and training (which would take hours and then fail)."""
+    n_train, n_test = len(split["train"]), len(split["test"])
+    problems = (["no training case"] if n_train < 1 else []) + \
+               (["no case to tune the decision rules on"] if n_train < 1 and tune_cases > 0 else []) + \
+               (["no held-out case to evaluate"] if n_test < 1 else [])
+    if problems:
+        tuning = f", tuning {min(tune_cases, n_train)}" if tune_cases > 0 else ""
+        raise ValueError(f"{source}: {n_train + n_test} case(s) split into training {n_train}, held-out {n_test}"
+                         f"{tuning}: {'; '.join(problems)}. 'all' needs at least 2 cases (training and tuning "
+                         "on 4/5, evaluation on 1/5); add cases, or train without evaluation with 'bisc-train "
+                         "prepare' then 'bisc-train stage rough|fine' (nothing was written)")
+
+
 def cmd_stage(args, stage: str, cache: Path, split: dict, out: Path) -> Path:
     patch = getattr(args, f"{stage}_patch_size", None) or args.patch_size or STAGE_DEFAULTS[stage]["patch_size"]
     cfg = TrainConfig(stage=stage, cache_dir=str(cache), out_dir=str(out), cases=list(split["train"]),
@@ -375,6 +390,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cmd_evaluate(args, json.loads(args.split.read_text()), args.models, args.out or args.models / "evaluation")
         else:
             cache, split_path = args.out / "cache", args.out / "split.json"
+            check_split_sizes(D.make_split(_cases(args), split_path, write=False), args.tune_cases, args.kits)
             split = cmd_prepare(args, cache, split_path)
             for stage in ("rough", "fine"):
                 cmd_stage(args, stage, cache, split, args.out)

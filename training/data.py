@@ -81,8 +81,9 @@ def read_case(kits_dir, case_id: str, synthesize: bool = False) -> Tuple[Volume,
     return synthesize_ct(labels, seed=int(case_id[-5:])), labels
 
 
-def make_split(cases: Sequence[str], path, test_fraction: float = 0.2, seed: int = 0) -> Dict:
-    """Deterministic 4/5-1/5 split written to ``path``; an existing split file is reused (and checked)."""
+def make_split(cases: Sequence[str], path, test_fraction: float = 0.2, seed: int = 0, write: bool = True) -> Dict:
+    """Deterministic 4/5-1/5 split written to ``path``; an existing split file is reused (and checked).
+    ``write=False``: the split that would be used, nothing written (to check it before any work)."""
     path = Path(path)
     if path.is_file():
         split = json.loads(path.read_text())
@@ -94,6 +95,8 @@ def make_split(cases: Sequence[str], path, test_fraction: float = 0.2, seed: int
     np.random.default_rng(seed).shuffle(order)
     n_test = max(1, int(round(len(order) * test_fraction))) if len(order) > 1 else 0
     split = {"seed": seed, "test_fraction": test_fraction, "train": sorted(order[n_test:]), "test": sorted(order[:n_test])}
+    if not write:
+        return split
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     tmp.write_text(json.dumps(split, indent=1) + "\n")

@@ -148,19 +148,59 @@ def tolerance_label(tolerance_mm: float) -> str:
 
 
 def case_metrics(pred_labels: np.ndarray, gt_labels: np.ndarray, spacing_zyx: Sequence[float],
-                 tolerances_mm: Sequence[float] = (1.0, 1.15)) -> Dict[str, float]:
+                 tolerances_mm: Sequence[float] = (1.0, 1.15), score_tumor: bool = True) -> Dict[str, Optional[float]]:
     """All per-case scores used by the evaluations: KiTS19 Dice, surface Dice of kidney (label>0) and tumor
-    (label==2) at each tolerance, and ``mean_dice`` (mean of kidney and tumor Dice, KiTS19's ranking score)."""
+    (label==2) at each tolerance, and ``mean_dice`` (mean of kidney and tumor Dice, KiTS19's ranking score).
+
+    ``score_tumor=False`` (a reference that labels kidneys only): every tumor score and ``mean_dice`` is None,
+    "not applicable", because such a reference cannot tell a found tumor from a false one; 0 or 1 would lie.
+    """
     p, g = np.asarray(pred_labels), np.asarray(gt_labels)
     _same_shape(p, g)
-    row: Dict[str, float] = dict(kits19_case_scores(p, g))
+    row: Dict[str, Optional[float]] = dict(kits19_case_scores(p, g))
+    names = ("kidney", "tumor") if score_tumor else ("kidney",)
     sd = {name: surface_dices(p > 0 if name == "kidney" else p == TUMOR,
                               g > 0 if name == "kidney" else g == TUMOR, spacing_zyx, tolerances_mm)
-          for name in ("kidney", "tumor")}
+          for name in names}
     for t in tolerances_mm:
         for name in ("kidney", "tumor"):
-            row[f"{name}_surface_dice_{tolerance_label(t)}"] = sd[name][float(t)]
-    row["mean_dice"] = (row["kidney_dice"] + row["tumor_dice"]) / 2.0
+            row[f"{name}_surface_dice_{tolerance_label(t)}"] = sd[name][float(t)] if name in sd else None
+    if not score_tumor:
+        row["tumor_dice"] = None
+    row["mean_dice"] = (row["kidney_dice"] + row["tumor_dice"]) / 2.0 if score_tumor else None
+    return row
+
+
+def roi_containment(reference, rois: Sequence, min_share: float = 0.05) -> Dict[str, Optional[float]]:
+    """Share (0..1) of the reference kidney (label > 0, a Volume) whose voxel centres lie inside the union of
+    ``rois`` (boxes with ``contains(points_lps)``, e.g. KidneyROI): what the fine stage can see at all.
+
+    ``roi_containment``: all reference kidney voxels. Per kidney (a 26-connected component holding at least
+    ``min_share`` of them; smaller fragments count only in the total): ``roi_containment_right``/``_left``
+    when there are two, named by position (LPS +x is the patient's left, as rois_from_mask names ROIs), else
+    ``roi_containment_kidney`` (one) or ``roi_containment_kidney_N`` (largest first). None: no kidney.
+    """
+    m = np.asarray(reference.array) > 0
+    box = _bbox(m)
+    if box is None:
+        return {"roi_containment": None}
+    comp, _ = ndimage.label(m[box], structure=_FULL)
+    kji = np.argwhere(m[box]) + np.array([b.start for b in box])
+    which = comp[m[box]]                                   # same (C) order as argwhere
+    lps = reference.index_to_physical(kji[:, ::-1].astype(np.float64))
+    inside = np.zeros(len(kji), bool)
+    for roi in rois:
+        inside |= np.asarray(roi.contains(lps), bool)
+    counts = np.bincount(which)
+    hits = np.bincount(which, weights=inside, minlength=counts.size)
+    x = np.bincount(which, weights=lps[:, 0], minlength=counts.size) / np.maximum(counts, 1)
+    kidneys = [c for c in np.argsort(-counts, kind="stable") if c > 0 and counts[c] >= min_share * len(kji)]
+    if len(kidneys) == 2:
+        named = zip(("right", "left"), sorted(kidneys, key=lambda c: x[c]))
+    else:
+        named = zip(["kidney"] if len(kidneys) == 1 else [f"kidney_{n}" for n in range(1, len(kidneys) + 1)], kidneys)
+    row: Dict[str, Optional[float]] = {"roi_containment": float(inside.mean())}
+    row.update({f"roi_containment_{name}": float(hits[c] / counts[c]) for name, c in named})
     return row
 
 
@@ -274,4 +314,4 @@ def tumor_components(labels, spacing: Optional[Sequence[float]] = None, directio
 
 
 __all__ = ["dice", "kits19_case_scores", "surface_voxels", "surface_distances", "surface_dice", "surface_dices",
-           "case_metrics", "tolerance_label", "volume_ml", "largest_diameter_mm", "tumor_components"]
+           "case_metrics", "roi_containment", "tolerance_label", "volume_ml", "largest_diameter_mm", "tumor_components"]

@@ -338,8 +338,12 @@ class OutputSet:
         try:
             for item in self._items:
                 with _signals_deferred():
-                    made += _make_folder(item.path.parent)
-                    temps.append(temp_sibling(item.path))
+                    try:
+                        made += _make_folder(item.path.parent)
+                        temps.append(temp_sibling(item.path))
+                    except OSError as exc:
+                        raise OutputError(f"cannot write the {item.description} {item.path} ({reason(exc)}); "
+                                          f"nothing was written") from exc
                 self._write_one(item, temps[-1])
             with _signals_deferred(completes=True):
                 try:

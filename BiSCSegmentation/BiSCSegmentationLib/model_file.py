@@ -117,7 +117,9 @@ def load_plain(path, error=ValueError, corrupt_hint: str = "delete it to start o
             raise error(f"{path}: holds objects other than tensors and plain data, which could run code when "
                         f"loaded; refused (use a file written by BiSCSegmentation)") from None
         raise error(f"{path}: is truncated or corrupt; {corrupt_hint}") from exc
-    except (OSError, RuntimeError, EOFError, ValueError, KeyError) as exc:
+    except PermissionError:
+        raise error(f"{path}: cannot be read (permission denied)") from None
+    except Exception as exc:  # torch raises many types for truncated or foreign files
         raise error(f"{path}: is truncated or corrupt; {corrupt_hint}") from exc
 
 

@@ -237,6 +237,33 @@ def test_signal_while_placing_the_outputs_waits_until_they_are_all_in_place(mode
     assert signal.getsignal(signal.SIGTERM) == handler  # handlers only while the command runs
 
 
+def test_sigterm_while_computing_cancels_like_ctrl_c(models, ct_path, tmp_path, monkeypatch, capsys):
+    from BiSCSegmentationLib.cascade import CascadePredictor
+    real = CascadePredictor.segment
+
+    def terminated(self, ct, rois):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, ct, rois)
+
+    monkeypatch.setattr(CascadePredictor, "segment", terminated)
+    assert _run(models, ct_path, _outs(tmp_path)) == 143
+    assert capsys.readouterr().err.strip() == "Cancelled: nothing was written."
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
+def test_signals_ignored_by_the_caller_stay_ignored():
+    """``nohup bisc-segment ...`` must survive the terminal closing."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with outputs.signals_as_interrupts():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is outputs._on_signal
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 # ------------------------------------------------------------------------------------- no code from data
 class _Evil:
     """Unpickling this creates the marker file: code from the data file would have run."""

@@ -66,7 +66,7 @@ def test_resume_after_interruption_gives_the_same_weights(kits_like, tmp_path):
     # interrupted after 4 of 6 iterations, then resumed by running the same command again
     cfg = small_config(cache, tmp_path / "b", cases, **settings)
     train(cfg, stop_after=4)
-    assert torch.load(tmp_path / "b" / "fine_checkpoint.pt", weights_only=False)["iteration"] == 4
+    assert torch.load(tmp_path / "b" / "fine_checkpoint.pt", weights_only=True)["iteration"] == 4
     # the model file of the last finished epoch is usable meanwhile
     assert load_model_file(tmp_path / "b" / "fine.pt").training["iterations_done"] == 3
     resumed = train(cfg)
@@ -90,7 +90,7 @@ def test_checkpoints_from_before_a_setting_existed_resume_with_its_default(kits_
     cfg = small_config(cache, tmp_path, cases)
     train(cfg, stop_after=2)
     ck_path = tmp_path / "fine_checkpoint.pt"
-    ck = torch.load(ck_path, weights_only=False)
+    ck = torch.load(ck_path, weights_only=True)
     del ck["config"]["roi_prob"], ck["config"]["lr_schedule"]  # as written by an older version
     torch.save(ck, ck_path)
     assert load_model_file(train(cfg)).training["iterations_done"] == 6
@@ -112,7 +112,7 @@ def test_warm_start_begins_from_a_model_files_network_as_trained(kits_like, tmp_
     cfg = replace(small_config(cache, tmp_path / "b", cases, loss="bce", init_from=str(first.path),
                                prior_correction=False), epochs=0)
     started = load_model_file(train(cfg))
-    ck = torch.load(tmp_path / "a" / "fine_checkpoint.pt", weights_only=False)["model"]
+    ck = torch.load(tmp_path / "a" / "fine_checkpoint.pt", weights_only=True)["model"]
     b, bias = started.network.state_dict(), "label_branch.head.bias"
     assert all(torch.equal(b[k], ck[k]) for k in b if k != bias)
     assert torch.allclose(b[bias], ck[bias], atol=1e-6)  # the network as trained: correction taken off
@@ -169,7 +169,7 @@ def test_ddp_with_two_cpu_processes(kits_like, tmp_path):
                           errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = load_model_file(tmp_path / "ddp" / "rough.pt", stage="rough")
-    ck = torch.load(tmp_path / "ddp" / "rough_checkpoint.pt", weights_only=False)
+    ck = torch.load(tmp_path / "ddp" / "rough_checkpoint.pt", weights_only=True)
     assert ck["iteration"] == 3 and len(ck["rng"]) == 2  # both ranks' sampler states saved
     assert model.grid["inplane_size"] == 128
 
@@ -220,7 +220,7 @@ def test_eq1_models_carry_the_scaled_prior_correction_and_the_command_gives_the_
     assert t["prior_scale_scores"][scale] == best and all(s <= scale for s, v in t["prior_scale_scores"].items()
                                                           if v == best)
     # only the label logits' bias moves, by exactly scale x prior; the trained network itself is untouched
-    ck = torch.load(tmp_path / "on" / "fine_checkpoint.pt", weights_only=False)["model"]
+    ck = torch.load(tmp_path / "on" / "fine_checkpoint.pt", weights_only=True)["model"]
     a, b = corrected.network.state_dict(), load_model_file(plain).network.state_dict()
     bias = "label_branch.head.bias"
     assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], ck[k]) for k in a if k != bias)

@@ -195,7 +195,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--backend", default="auto", help="as bisc-segment --backend (default auto)")
     ap.add_argument("--force", action="store_true", help="overwrite realct.md/.json")
     args = ap.parse_args(argv)
-    from BiSCSegmentationLib.evaluation import atomic_write_text, check_outputs
+    from BiSCSegmentationLib.evaluation import check_outputs
+    from BiSCSegmentationLib.outputs import OutputSet
 
     try:
         if (args.rough_model is None) != (args.fine_model is None) or (args.model and args.rough_model):
@@ -222,8 +223,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        f"Python {platform.python_version()}",
             "surface_tolerance_mm": SURFACE_TOLERANCE_MM}
     text = markdown(rows, meta)
-    atomic_write_text(md_path, text, args.force)
-    atomic_write_text(json_path, json.dumps({**meta, "cases": rows}, indent=2) + "\n", args.force)
+    out = OutputSet(args.force)  # the table and its data: both, or neither
+    out.add_text(md_path, text, "real-CT table")
+    out.add_json(json_path, {**meta, "cases": rows}, "real-CT results", indent=2)
+    out.commit()
     print(text + f"wrote {md_path}, {json_path}")
     return 0
 

@@ -25,6 +25,7 @@ from BiSCSegmentationLib.losses import kidney_and_tumor_edges
 from BiSCSegmentationLib.cascade import rough_grid
 from BiSCSegmentationLib.roi import paper_roi_voxels
 from BiSCSegmentationLib.resample import AxisMap, resample_linear, resample_nearest, spacing_map
+from BiSCSegmentationLib.outputs import write_json
 from BiSCSegmentationLib.volume import Volume, read_volume, to_canonical
 
 CASE_RE = re.compile(r"^case_\d{5}$")
@@ -97,10 +98,7 @@ def make_split(cases: Sequence[str], path, test_fraction: float = 0.2, seed: int
     split = {"seed": seed, "test_fraction": test_fraction, "train": sorted(order[n_test:]), "test": sorted(order[:n_test])}
     if not write:
         return split
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(split, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json(path, split, force=True, description="split file", indent=1)
     return split
 
 
@@ -159,7 +157,7 @@ def prepare_cache(kits_dir, cases: Sequence[str], cache_dir, cfg: PrepConfig, pr
     meta = cache / "prep.json"
     if meta.is_file() and json.loads(meta.read_text()) != cfg.to_dict():
         raise ValueError(f"{cache}: prepared with other settings ({meta}); use another --cache folder")
-    meta.write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    write_json(meta, cfg.to_dict(), force=True, description="cache settings", indent=1)
     todo = [c for c in cases if not (cache / c).is_dir()]
     jobs = [(str(kits_dir), c, str(cache), cfg) for c in todo]
     done = len(cases) - len(todo)
@@ -205,7 +203,16 @@ def write_case_arrays(folder: Path, arrays: Dict[str, np.ndarray]) -> None:
 
 
 def load_case_arrays(folder: Path, prefix: str = "") -> Dict[str, np.ndarray]:
-    return {f.stem: np.load(f, mmap_mode="r") for f in sorted(Path(folder).glob(f"{prefix}*.npy"))}
+    """The cached arrays of a case, memory-mapped; plain arrays only (``allow_pickle=False``: a cache file
+    never runs code)."""
+    out = {}
+    for f in sorted(Path(folder).glob(f"{prefix}*.npy")):
+        try:
+            out[f.stem] = np.load(f, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{f}: not a plain array file (truncated, corrupt, or holding objects); delete the "
+                             f"case folder {Path(folder)} and prepare the cache again") from exc
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ sampling

@@ -8,7 +8,6 @@ gradients are averaged by DDP (gloo on CPU, nccl on CUDA), and rank 0 writes che
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 import warnings
@@ -22,7 +21,8 @@ import torch
 import torch.distributed as dist
 
 from BiSCSegmentationLib.losses import DEFAULT_THRESHOLD, sc_unet_loss
-from BiSCSegmentationLib.model_file import StageModel, save_model_file
+from BiSCSegmentationLib.model_file import StageModel, load_plain, save_model_file
+from BiSCSegmentationLib.outputs import write_file, write_json
 from BiSCSegmentationLib.network import SCUNet, SCUNetConfig
 
 from .data import PatchSampler
@@ -83,9 +83,16 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Whole or not at all (see ``outputs``); holds only tensors and plain data, so it loads without pickle code."""
+    write_file(path, lambda tmp: torch.save(obj, tmp), force=True, description="checkpoint")
+
+
+def load_checkpoint(path: Path) -> Dict:
+    """A checkpoint, loaded without running code from it (``weights_only=True``), with its fields checked."""
+    ck = load_plain(path, ValueError)
+    if not isinstance(ck, dict) or not {"config", "model", "optimizer", "iteration", "history", "rng"} <= set(ck):
+        raise ValueError(f"{path}: not a training checkpoint of this program; delete it to start over")
+    return ck
 
 
 def learning_rate(cfg: TrainConfig, it: int, total: int) -> float:
@@ -224,7 +231,7 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
     if cfg.init_from and not ckpt_path.is_file():
         history["init_from"] = warm_start(net, cfg)
     if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(ckpt_path)
         # what may differ on resume: where it runs, and how many epochs (to extend a finished run)
         free = ("command", "device", "threads", "epochs", "checkpoint_every", "log_every", "out_dir",
                 "prior_correction", "calibration_cases")
@@ -303,7 +310,8 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
         save_model_file(stage_model(cfg, net, {"train_seconds": round(history["train_seconds"], 1),
                                                 "iterations_done": it, "loss_log": history["loss_log"], **warm},
                                     log_prior), final_path, force=True)
-        (out / f"{cfg.stage}_history.json").write_text(json.dumps(history) + "\n")
+        write_json(out / f"{cfg.stage}_history.json", history, force=True, description="training history",
+                   indent=None)
     if distributed:
         dist.barrier()
     return final_path

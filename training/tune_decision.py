@@ -31,6 +31,7 @@ from BiSCSegmentationLib.cascade import CascadePredictor, NoKidneyFound, canonic
 from BiSCSegmentationLib.decision import (ISLAND_FRACTION, Decision, apply_case_steps, labels_from_differences,
                                          margin_candidates, probability_to_uint8, tumor_probability)
 from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of
+from BiSCSegmentationLib.outputs import write_json
 from BiSCSegmentationLib.volume import Volume
 
 from . import data as D
@@ -261,13 +262,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for k in [reference] + ranked[:10]:
         print(f"| {k[0].describe()} | {k[1].describe()} | {means[k][0]:.4f} | {means[k][1]:.4f} |")
     if args.out:  # its folder made, written whole or not at all (the tuning may have taken an hour)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".part")
-        tmp.write_text(json.dumps({"cases": sorted(rows), "seed_offset": offset, "scores": [
+        write_json(args.out, {"cases": sorted(rows), "seed_offset": offset, "scores": [
             {"rough": k[0].to_dict(), "fine": k[1].to_dict(), "mean": [float(v) for v in means[k]],
              "per_case": {c: list(rows[c][k]) for c in sorted(rows)}} for k in [reference] + ranked]},
-            indent=1) + "\n")
-        tmp.replace(args.out)
+            force=True, description="tuning table", indent=1)
     if args.write:
         write_models(args.write, own_rough, own, ranked[0], sorted(rows), offset,
                      [[*k[0].to_dict().values(), *k[1].to_dict().values(), *(round(float(v), 5) for v in means[k])]

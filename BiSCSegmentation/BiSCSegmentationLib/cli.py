@@ -2,11 +2,13 @@
 
 Errors the user can fix print one line starting with ``error:`` and exit with status 2; "no kidney found"
 exits 3 (pass hand-made ROIs with --rois); with --strict, a run that raised quality warnings exits 4 (its
-outputs are written); Ctrl-C exits 130 and leaves no partial output behind.
+outputs are written); Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129, and none leaves a partial output behind
+(all outputs of a run are written together or not at all: see ``outputs``).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
@@ -16,16 +18,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .outputs import Interrupted, OutputSet, check_targets, signals_as_interrupts
 from .quality import QualityWarning, check_input, exit_status_text, merge
-from .roi import KidneyROI, ROIError, check_roi, load_rois, save_rois
-from .summary import summary_document, write_summary
-from .volume import (WRITABLE_LABEL_SUFFIXES, Volume, VolumeError, atomic_target, read_volume, to_sitk,
-                     write_volume)
+from .roi import KidneyROI, ROIError, check_roi, load_rois, rois_document
+from .summary import summary_document
+from .volume import WRITABLE_LABEL_SUFFIXES, Volume, VolumeError, read_volume
 
 EXIT_USAGE = 2
 EXIT_NO_KIDNEY = 3
 EXIT_WARNINGS = 4   # --strict: the run finished and wrote its outputs, but raised quality warnings
-EXIT_CANCELLED = 130
+EXIT_CANCELLED = 130  # SIGINT; SIGTERM exits 143 and SIGHUP 129 (128 + the signal's number)
+OVERWRITE_HINT = "pass --force to overwrite it"
 
 # ------------------------------------------------------------------------------------------------- seg.nrrd
 _KIDNEY_TERM = ("Segmentation category and type - 3D Slicer General Anatomy list"
@@ -79,25 +82,19 @@ def seg_nrrd_metadata(array: np.ndarray, segments: Sequence[SegmentInfo] = SEGME
 
 def write_seg_nrrd(labels: Volume, path, force: bool = False, segments: Sequence[SegmentInfo] = SEGMENTS) -> Path:
     """Write a 3D Slicer segmentation (.seg.nrrd) without Slicer: a labelmap NRRD plus Slicer's segment fields."""
-    import os
+    out = OutputSet(force)
+    add_seg_nrrd(out, labels, path, segments)
+    return out.commit()[0]
 
-    import SimpleITK as sitk
 
+def add_seg_nrrd(outputs: OutputSet, labels: Volume, path, segments: Sequence[SegmentInfo] = SEGMENTS) -> Path:
+    """Add a .seg.nrrd of ``labels`` to a set of outputs (written with the others, or not at all)."""
     path = Path(path)
     if not path.name.lower().endswith(".nrrd"):
         raise VolumeError(f"{path}: a Slicer segmentation file must end with .seg.nrrd")
     array = np.asarray(labels.array).astype(np.uint8)
-    image = to_sitk(labels.with_array(array))
-    for key, value in seg_nrrd_metadata(array, segments).items():
-        image.SetMetaData(key, value)
-    tmp = atomic_target(path, force)
-    try:
-        sitk.WriteImage(image, str(tmp), True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return outputs.add_image(path, labels.with_array(array), "segmentation",
+                             metadata=seg_nrrd_metadata(array, segments))
 
 
 # ------------------------------------------------------------------------------------------------- bisc-segment
@@ -190,10 +187,7 @@ def check_outputs(args) -> None:
     for (what, p), r in zip(outs, resolved):
         if r == inp or r in extra:
             raise UsageError(f"{p}: the {what} would overwrite an input; choose another name")
-        if p.is_dir():
-            raise UsageError(f"{p}: is a folder; give a file name for the {what}")
-        if p.exists() and not args.force:
-            raise UsageError(f"{p} exists; pass --force to overwrite it (nothing was written)")
+    check_targets(outs, args.force, OVERWRITE_HINT)  # exists, is a folder, folder not writable
 
 
 def load_predictor(args, progress=None):
@@ -330,23 +324,18 @@ def run_segment(args) -> SegmentOutcome:
 
     t = time.perf_counter()
     labels = labels.with_array(np.asarray(labels.array).astype(np.uint8))
-    written: List[Path] = []
-    try:
-        written.append(write_volume(labels, args.output, force=args.force))
-        if args.seg_nrrd:
-            written.append(write_seg_nrrd(labels, args.seg_nrrd, force=args.force))
-        if args.save_rois:
-            written.append(save_rois(rois, args.save_rois, force=args.force))
-        if args.summary:
-            timings["write outputs"] = time.perf_counter() - t
-            timings["total"] = time.perf_counter() - t_start
-            doc = summary_document(args.input, ct, labels, rois, warnings, timings, _model_info(predictor, args),
-                                   _settings(args, predictor))
-            written.append(write_summary(doc, args.summary, force=args.force))
-    except BaseException:
-        for p in written:  # no partial set of outputs
-            Path(p).unlink(missing_ok=True)
-        raise
+    outputs = OutputSet(args.force, OVERWRITE_HINT)  # all of them, complete, or none
+    outputs.add_image(args.output, labels, "label map")
+    if args.seg_nrrd:
+        add_seg_nrrd(outputs, labels, args.seg_nrrd)
+    if args.save_rois:
+        outputs.add_json(args.save_rois, rois_document(rois), "ROI file")
+    if args.summary:  # written with the others, so its timings end before the writing
+        timings["total"] = time.perf_counter() - t_start
+        doc = summary_document(args.input, ct, labels, rois, warnings, timings, _model_info(predictor, args),
+                               _settings(args, predictor))
+        outputs.add_json(args.summary, doc, "summary", indent=2)
+    written = outputs.commit()
     timings["write outputs"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
 
@@ -408,9 +397,12 @@ def run_segment_cli(argv: Optional[Sequence[str]] = None) -> Tuple[int, Optional
         _error(f"{exc} Nothing was written. Write an ROI file (format: see --save-rois) and run again with "
                f"--rois FILE.")
         return EXIT_NO_KIDNEY, None
-    except (Cancelled, KeyboardInterrupt):
-        print("\nCancelled: nothing was written.", file=sys.stderr, flush=True)
-        return EXIT_CANCELLED, None
+    except (Cancelled, KeyboardInterrupt) as exc:
+        if isinstance(exc, Interrupted) and exc.outputs_written:
+            print(f"\nStopped by {exc.name} after all outputs were written.", file=sys.stderr, flush=True)
+        else:
+            print("\nCancelled: nothing was written.", file=sys.stderr, flush=True)
+        return (exc.exit_code if isinstance(exc, Interrupted) else EXIT_CANCELLED), None
     except (VolumeError, ROIError, ModelFileError, UsageError, FileExistsError) as exc:
         _error(str(exc))
         return EXIT_USAGE, None
@@ -423,7 +415,9 @@ def run_segment_cli(argv: Optional[Sequence[str]] = None) -> Tuple[int, Optional
 
 
 def segment_main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_segment_cli(argv)[0]
+    """The console script: SIGTERM and SIGHUP end the run like Ctrl-C, leaving no partial output."""
+    with signals_as_interrupts():
+        return run_segment_cli(argv)[0]
 
 
 # ------------------------------------------------------------------------------------------------- bisc-phantom
@@ -469,8 +463,11 @@ def phantom_main(argv: Optional[Sequence[str]] = None) -> int:
 
         if args.count < 1:
             raise UsageError("--count must be at least 1")
-        if args.spacing is not None and min(args.spacing) <= 0:
-            raise UsageError("--spacing needs three positive numbers (mm)")
+        if args.seed < 0:
+            raise UsageError("--seed must be 0 or more")
+        if args.spacing is not None and not all(math.isfinite(v) and 0.3 <= v <= 10 for v in args.spacing):
+            raise UsageError(f"--spacing needs three numbers from 0.3 to 10 (mm), got "
+                             f"{' '.join(f'{v:g}' for v in args.spacing)}")
         if args.from_label and args.spacing:
             raise UsageError("--spacing applies to procedural cases; a --from-label case keeps the label map's grid")
         outdir = Path(args.outdir)

@@ -108,21 +108,13 @@ def render_overview(ct: Volume, labels: Volume, rois: Sequence[KidneyROI] = (), 
 
 
 def save_png(image: np.ndarray, path, force: bool = False) -> Path:
-    import os
-
+    """Write atomically (see :mod:`outputs`)."""
     from skimage.io import imsave
 
-    from .volume import atomic_target
+    from .outputs import write_file
 
-    path = Path(path)
-    tmp = atomic_target(path, force)
-    try:
-        imsave(str(tmp), image, check_contrast=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_file(path, lambda tmp: imsave(str(tmp), image, check_contrast=False), force=force,
+                      description="picture")
 
 
 # ------------------------------------------------------------------------------------------------------ main

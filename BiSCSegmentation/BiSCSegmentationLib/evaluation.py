@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -40,8 +38,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from .metrics import TUMOR, case_metrics, roi_containment, volume_ml
+from .outputs import OutputSet
 from .roi import load_rois
-from .volume import READABLE_SUFFIXES, Volume, atomic_target, read_volume
+from .volume import READABLE_SUFFIXES, Volume, read_volume
 
 CSV_NAME, JSON_NAME = "per_case.csv", "summary.json"
 _ID = re.compile(r"(?:case|prediction|pred|segmentation|seg)_(\d{5})(?!\d)", re.IGNORECASE)
@@ -189,19 +188,8 @@ def check_outputs(out_dir, force: bool, names: Iterable[str] = (CSV_NAME, JSON_N
     paths = [Path(out_dir) / n for n in names]
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
-        raise FileExistsError(f"{', '.join(existing)} exist(s); pass --force (force=True) to overwrite")
+        raise FileExistsError(f"{', '.join(existing)} exist(s); pass --force to overwrite (nothing was written)")
     return paths
-
-
-def atomic_write_text(path: Path, text: str, force: bool) -> Path:
-    tmp = atomic_target(path, force)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def write_report(rows: Sequence[Dict[str, object]], summary: Dict[str, object], out_dir, force: bool = False,
@@ -216,9 +204,10 @@ def write_report(rows: Sequence[Dict[str, object]], summary: Dict[str, object], 
     writer.writeheader()
     for r in rows:
         writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(csv_path, buf.getvalue(), force)
-    atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n", force)
-    return [csv_path, json_path]
+    out = OutputSet(force)  # both, or neither
+    out.add_text(csv_path, buf.getvalue(), "per-case CSV")
+    out.add_json(json_path, summary, "summary JSON")
+    return out.commit()
 
 
 # --------------------------------------------------------------------------------------------- evaluation

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ import torch
 
 from .decision import Decision
 from .network import SCUNet, SCUNetConfig
-from .volume import atomic_target
+from .outputs import write_file
+from .volume import unreadable
 
 FORMAT = "bisc-unet-model"
 FORMAT_VERSION = 1
@@ -95,14 +97,30 @@ def save_model_file(model: StageModel, path, force: bool = False) -> str:
     problem = model.decision.problem(model.stage)
     if problem:
         raise ValueError(f"{path}: not written, invalid decision settings ({problem})")
-    tmp = atomic_target(path, force)
-    try:
-        torch.save(model.to_file_dict(), tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    content = model.to_file_dict()
+
+    def verify(tmp: Path) -> None:  # a short write on a full disk shows up here
+        if set(load_plain(tmp, ModelFileError)) != set(content):
+            raise ValueError("content differs")
+
+    write_file(path, lambda tmp: torch.save(content, tmp), verify, force=force, description="model file")
     return sha256_of(path)
+
+
+def load_plain(path, error=ValueError, corrupt_hint: str = "delete it to start over, or restore it"):
+    """``torch.load`` that never runs code from the file (``weights_only=True``: tensors and plain data only);
+    a file holding anything else, or a damaged one, raises ``error`` naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise error(f"{path}: holds objects other than tensors and plain data, which could run code when "
+                        f"loaded; refused (use a file written by BiSCSegmentation)") from None
+        raise error(f"{path}: is truncated or corrupt; {corrupt_hint}") from exc
+    except PermissionError:
+        raise error(f"{path}: cannot be read (permission denied)") from None
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise error(f"{path}: is truncated or corrupt; {corrupt_hint}") from exc
 
 
 def window_problem(window: Sequence[int], divisor: int) -> Optional[str]:
@@ -120,17 +138,14 @@ def _require(cond: bool, path, what: str) -> None:
 def load_model_file(path, expected_sha256: Optional[str] = None, stage: Optional[str] = None) -> StageModel:
     """Load and validate a model file; the network is built, filled, and put in eval mode on the CPU."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file")
+    problem = unreadable(path)
+    if problem or not path.is_file():
+        raise ModelFileError(f"{path}: {'no such model file' if problem in (None, 'no such file or folder') else problem}")
     digest = sha256_of(path)
     if expected_sha256 and digest != expected_sha256.lower():
         raise ModelFileError(f"{path}: SHA-256 {digest[:16]}... does not match the published {expected_sha256[:16]}...; "
                              f"the file is damaged or not the published model: download or reinstall it")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated / foreign files
-        raise ModelFileError(f"{path}: not a readable BiSCSegmentation model file (truncated or another format: "
-                             f"{type(exc).__name__})") from exc
+    raw = load_plain(path, ModelFileError, "get the model file again")
     _require(isinstance(raw, dict) and raw.get("format") == FORMAT, path,
              f"not a BiSCSegmentation model file (no \"format\": \"{FORMAT}\")")
     _require(raw.get("format_version") == FORMAT_VERSION, path,

@@ -12,7 +12,7 @@ from typing import Tuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from .volume import Volume, VolumeError, read_volume, to_canonical, write_volume
+from .volume import Volume, VolumeError, read_volume, to_canonical
 
 FOV_MM = 0.78 * 512          # default in-plane field of view: 512 px at 0.78 mm
 KIDNEY_VARIANTS = ("both", "left", "right", "horseshoe")
@@ -447,16 +447,17 @@ def make_case(seed: int, from_label=None, spacing=None) -> Tuple[Volume, Volume]
 
 
 def write_kits_case(outdir, case_id: str, ct: Volume, labels: Volume, force=False) -> Path:
-    """Write outdir/case_id/imaging.nii.gz and segmentation.nii.gz (atomic; refuses to overwrite unless force)."""
+    """Write outdir/case_id/imaging.nii.gz and segmentation.nii.gz, both or neither (see :mod:`outputs`);
+    refuses to overwrite unless force."""
+    from .outputs import OutputSet
+
     if not ct.same_grid(labels):
         raise VolumeError("the CT and the label map are not on the same grid")
     case = Path(outdir) / case_id
-    targets = (case / "imaging.nii.gz", case / "segmentation.nii.gz")
-    for t in targets if not force else ():
-        if t.exists():
-            raise FileExistsError(f"{t} exists; pass --force (force=True) to overwrite it")
-    write_volume(ct, targets[0], force=force)
-    write_volume(labels.with_array(labels.array.astype(np.uint8)), targets[1], force=force)
+    out = OutputSet(force)
+    out.add_image(case / "imaging.nii.gz", ct, "CT")
+    out.add_image(case / "segmentation.nii.gz", labels.with_array(labels.array.astype(np.uint8)), "label map")
+    out.commit()
     return case
 
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
 
-from .volume import Volume, atomic_target
+from .outputs import write_json
+from .volume import Volume
 
 SIDES = ("right", "left", "both", "unknown")
 ROI_FORMAT = "bisc-rois"
@@ -216,18 +216,15 @@ def grow_roi(roi: KidneyROI, faces: Sequence[Tuple[int, int]], fraction: float =
 
 
 # ------------------------------------------------------------------------------------------------------- JSON
+def rois_document(rois: Sequence[KidneyROI]) -> Dict:
+    """The JSON document of an ROI file (what :func:`load_rois` reads)."""
+    return {"format": ROI_FORMAT, "version": ROI_FORMAT_VERSION, "coordinate_system": "LPS", "units": "mm",
+            "rois": [r.to_dict() for r in rois]}
+
+
 def save_rois(rois: Sequence[KidneyROI], path, force: bool = False) -> Path:
-    path = Path(path)
-    doc = {"format": ROI_FORMAT, "version": ROI_FORMAT_VERSION, "coordinate_system": "LPS", "units": "mm",
-           "rois": [r.to_dict() for r in rois]}
-    tmp = atomic_target(path, force)
-    try:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write atomically and read back (see :mod:`outputs`); refuses to overwrite unless ``force``."""
+    return write_json(path, rois_document(rois), force=force, description="ROI file")
 
 
 def load_rois(path) -> List[KidneyROI]:
@@ -236,6 +233,8 @@ def load_rois(path) -> List[KidneyROI]:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise ROIError(f"{path}: no such ROI file") from None
+    except PermissionError:
+        raise ROIError(f"{path}: cannot be read (permission denied)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ROIError(f"{path}: not a JSON file ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != ROI_FORMAT:

@@ -1,9 +1,8 @@
 """A run's summary as plain data: what was read, which model ran, the volumes found, the ROIs, the quality
-warnings and the timings. ``bisc-segment --summary`` writes it as JSON; batch use and reports read it."""
+warnings and the timings. ``bisc-segment --summary`` writes it as JSON (with its other outputs, through
+``outputs.OutputSet``); batch use and reports read it."""
 from __future__ import annotations
 
-import json
-import os
 import platform
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -11,7 +10,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .volume import Volume, atomic_target
+from .volume import Volume
 
 SUMMARY_FORMAT = "bisc-segmentation-summary"
 SUMMARY_VERSION = 1
@@ -52,16 +51,3 @@ def summary_document(input_path, ct: Volume, labels: Optional[Volume], rois: Seq
         "trusted": not warnings,
         "timings_s": {k: round(float(v), 3) for k, v in timings.items()},
     }
-
-
-def write_summary(doc: Dict, path, force: bool = False) -> Path:
-    """Write the summary JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = atomic_target(path, force)
-    try:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path

@@ -12,12 +12,13 @@ Permutations and flips are lossless, so going back to the input grid is exact.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from .outputs import OutputSet, check_target, make_readable_like_new_file, temp_sibling  # noqa: F401 (re-export)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -199,12 +200,28 @@ def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
     return any(name.endswith(s) for s in suffixes)
 
 
+def unreadable(path: PathLike) -> Optional[str]:
+    """Why ``path`` cannot be read ("no such file or folder", "cannot be read (permission denied)"); None
+    if it can be (a file in a folder that may not be entered is a permission problem, not a missing file)."""
+    path = Path(path)
+    try:
+        os.stat(path)
+    except PermissionError:
+        return "cannot be read (permission denied)"
+    except OSError:
+        return "no such file or folder"
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        return "cannot be read (permission denied)"
+    return None
+
+
 def read_volume(path: PathLike) -> Volume:
     """Read NIfTI, NRRD, MHA/MHD, or a folder holding one DICOM series."""
     sitk = _sitk()
     path = Path(path)
-    if not path.exists():
-        raise VolumeError(f"{path}: no such file or folder")
+    problem = unreadable(path)
+    if problem:
+        raise VolumeError(f"{path}: {problem}")
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
@@ -230,48 +247,22 @@ def read_volume(path: PathLike) -> Volume:
     return from_sitk(image)
 
 
-def _read_umask() -> int:
-    mask = os.umask(0o022)  # read once, at import (no other thread is writing files yet)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def make_readable_like_new_file(tmp) -> None:
-    """Give a ``mkstemp`` file (always 0600) the mode an ordinary new file gets (0666 minus the umask), so
-    an output written atomically can be read by the colleagues who can read the folder."""
-    os.chmod(tmp, 0o666 & ~_UMASK)
-
-
 def atomic_target(path: Path, force: bool) -> Path:
-    """Check that ``path`` may be written; returns a temporary sibling with the same suffix to write first."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} exists; pass --force (force=True) to overwrite it")
+    """Check that ``path`` may be written; returns a temporary sibling with the same suffix to write first.
+    (Prefer :class:`outputs.OutputSet`, which also flushes, checks and cleans up.)"""
+    path = check_target(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part" + suffix, dir=path.parent)
-    os.close(fd)
-    make_readable_like_new_file(tmp)
-    return Path(tmp)
+    return temp_sibling(path)
 
 
 def write_volume(volume: Volume, path: PathLike, force: bool = False, compress: bool = True) -> Path:
-    """Write atomically (temporary file then rename); refuses to overwrite unless ``force``."""
-    sitk = _sitk()
+    """Write atomically and read back (see :mod:`outputs`); refuses to overwrite unless ``force``."""
     path = Path(path)
     if not _has_suffix(path, WRITABLE_LABEL_SUFFIXES + (".nhdr", ".mhd")):
         raise VolumeError(f"{path}: unsupported output format; use .nii.gz, .nii, .nrrd or .mha")
-    tmp = atomic_target(path, force)
-    try:
-        sitk.WriteImage(to_sitk(volume), str(tmp), compress)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    out = OutputSet(force)
+    out.add_image(path, volume, "image", compress)
+    return out.commit()[0]
 
 
 def kits19_affine_volume(array: np.ndarray, spacing_zyx: Sequence[float]) -> Volume:
@@ -289,5 +280,5 @@ def kits19_affine_volume(array: np.ndarray, spacing_zyx: Sequence[float]) -> Vol
 
 
 __all__ = ["Volume", "VolumeError", "Reorientation", "canonical_reorientation", "to_canonical",
-           "from_canonical", "read_volume", "write_volume", "from_sitk", "to_sitk", "atomic_target",
+           "from_canonical", "read_volume", "unreadable", "write_volume", "from_sitk", "to_sitk", "atomic_target",
            "kits19_affine_volume", "READABLE_SUFFIXES"]

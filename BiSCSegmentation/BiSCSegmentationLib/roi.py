@@ -28,6 +28,10 @@ SIDES = ("right", "left", "both", "unknown")
 ROI_FORMAT = "bisc-rois"
 ROI_FORMAT_VERSION = 1
 MIN_ROI_MM = 16.0
+# No kidney with its tumor needs more: in KiTS19 the largest per-kidney box is 273 voxels (~280 mm) in-plane
+# and ~330 mm along z with a large tumor; a larger ROI is a mistake that would only cost memory (a 10 m box
+# asked for 24 GB).
+MAX_ROI_SIDE_MM = 400.0
 
 
 class ROIError(ValueError):
@@ -166,11 +170,36 @@ def check_roi(roi: KidneyROI, volume: Volume) -> List[str]:
     if min(roi.size) < MIN_ROI_MM:
         problems.append(f"{roi.name} is too small ({' x '.join(f'{s:.0f}' for s in roi.size)} mm); "
                         f"make it at least {MIN_ROI_MM:.0f} mm in every direction and cover the whole kidney")
+    if max(roi.size) > MAX_ROI_SIDE_MM:
+        problems.append(f"{roi.name} is too large ({' x '.join(f'{s:.0f}' for s in roi.size)} mm): no kidney with "
+                        f"its tumor is longer than {MAX_ROI_SIDE_MM:.0f} mm in any direction (KiTS19: at most "
+                        f"~330 mm); make it fit around one kidney")
     lo, hi = roi_index_bounds(roi, volume)
     n = np.array(volume.size_ijk)
     if np.any(hi < -0.5) or np.any(lo > n - 0.5):
         problems.append(f"{roi.name} lies outside the image; move it onto the kidney")
     return problems
+
+
+def distinct_rois(rois: Sequence[KidneyROI], tol_mm: float = 1e-3) -> Tuple[List[KidneyROI], List[str]]:
+    """``rois`` without those identical to or lying inside another (they would redo the same voxels), in
+    their order, and a note for each one dropped."""
+    kept: List[KidneyROI] = []
+    notes = []
+    for n, roi in enumerate(rois):
+        cover = next((o for m, o in enumerate(rois) if m != n and _inside(roi, o, tol_mm)
+                      and not (m > n and _inside(o, roi, tol_mm))), None)  # of two identical ones, keep the first
+        if cover is None:
+            kept.append(roi)
+        else:
+            what = "the same as" if _inside(cover, roi, tol_mm) else "inside"
+            notes.append(f"ROI #{n + 1} ({roi.name}) is {what} {cover.name} and was left out: its voxels are "
+                         f"segmented once")
+    return kept, notes
+
+
+def _inside(a: KidneyROI, b: KidneyROI, tol_mm: float) -> bool:
+    return bool(np.all(a.lower >= b.lower - tol_mm) and np.all(a.upper <= b.upper + tol_mm))
 
 
 def roi_overlap_fraction(roi: KidneyROI, volume: Volume) -> float:

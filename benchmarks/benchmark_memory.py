@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -102,14 +103,19 @@ def synthesize(path: Path, slices: int, size: int, z_spacing: float, seed: int, 
         ct[(z,) + dst] = np.rint((1 - w) * src[(i,) + crop] + w * src[(j,) + crop]).astype(np.int16)
     del src
     # stored like a NIfTI (RAS): x and y flipped with respect to LPS
-    image = sitk.GetImageFromArray(ct[:, ::-1, ::-1].astype(dtype))
+    stored = (ct[:, ::-1, ::-1] + 1024).astype(np.uint16) if dtype == "rescaled" else ct[:, ::-1, ::-1].astype(dtype)
+    image = sitk.GetImageFromArray(stored)
     del ct
     sp = (0.78, 0.78, float(z_spacing))
     image.SetSpacing(sp)
     image.SetDirection(tuple(RAS_TO_LPS.ravel()))
     sitk.WriteImage(image, str(path), False)
+    if dtype == "rescaled":  # HU = stored - 1024, as many scanners write it: SimpleITK reads float32
+        with open(path, "r+b") as f:
+            f.seek(112)
+            f.write(struct.pack("<ff", 1.0, -1024.0))
     return {"shape_zyx": [slices, size, size], "spacing_xyz_mm": list(sp), "dtype": dtype,
-            "ct_mib": slices * size * size * np.dtype(dtype).itemsize / 2 ** 20}
+            "ct_mib": slices * size * size * (4 if dtype == "rescaled" else np.dtype(dtype).itemsize) / 2 ** 20}
 
 
 def run_once(ct_path: Path, out: Path, extra, profile: bool, threads: int) -> dict:
@@ -136,13 +142,15 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=512, help="in-plane size (default 512)")
     p.add_argument("--z-spacing", type=float, default=0.8, help="slice spacing in mm (default 0.8)")
     p.add_argument("--seed", type=int, default=3)
-    p.add_argument("--dtype", default="int16", choices=("int16", "float32"),
-                   help="voxel type of the file (float32: how some CTs are stored, and what a rescaled NIfTI reads as)")
+    p.add_argument("--dtype", default="int16", choices=("int16", "float32", "rescaled"),
+                   help="voxels of the file: int16 HU, float32 HU, or rescaled (uint16 HU + 1024 with scl_inter -1024 in "
+                        "the header, as many scanners write it; read as float32)")
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of the child (default: unset)")
     p.add_argument("--work", default="/tmp/bisc-memory-benchmark", help="folder for the CT and labels")
     p.add_argument("--profile", action="store_true", help="print the child's Python stack at its RSS peak")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--input", metavar="CT", help="measure this CT file instead of a synthetic one")
     p.add_argument("segment_args", nargs="*", help="extra bisc-segment arguments (after --)")
     args = p.parse_args(argv)
 
@@ -150,12 +158,22 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     ct_path = work / f"ct_{args.slices}x{args.size}x{args.size}_z{args.z_spacing:g}_s{args.seed}_{args.dtype}.nii"
     t = time.perf_counter()
-    if not ct_path.exists():
+    if args.input:
+        import SimpleITK as sitk
+
+        ct_path = Path(args.input)
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(ct_path))
+        r.ReadImageInformation()
+        shape = list(r.GetSize())[::-1]
+        desc = {"shape_zyx": shape, "dtype": sitk.GetPixelIDValueAsString(r.GetPixelID()), "file": str(ct_path),
+                "ct_mib": float(np.prod(shape)) * sitk.Image(1, 1, 1, r.GetPixelID()).GetSizeOfPixelComponent() / 2 ** 20}
+    elif not ct_path.exists():
         desc = synthesize(ct_path, args.slices, args.size, args.z_spacing, args.seed, args.dtype)
         print(f"Synthesised {ct_path} in {time.perf_counter() - t:.1f} s", flush=True)
     else:
         desc = {"shape_zyx": [args.slices, args.size, args.size], "dtype": args.dtype,
-                "ct_mib": args.slices * args.size ** 2 * np.dtype(args.dtype).itemsize / 2 ** 20}
+                "ct_mib": args.slices * args.size ** 2 * (4 if args.dtype == "rescaled" else np.dtype(args.dtype).itemsize) / 2 ** 20}
     results = []
     for n in range(args.runs):
         res = run_once(ct_path, work / "labels.nii.gz", args.segment_args, args.profile, args.threads)

@@ -106,7 +106,8 @@ def test_duplicate_and_nested_rois_are_segmented_once_with_a_note(predictor, mon
     small = [KidneyROI(tuple(c + rng.uniform(-10, 10, 3)), tuple(rng.uniform(16, 20, 3))) for _ in range(100)]
     calls = []
     real = CascadePredictor.restored_differences
-    monkeypatch.setattr(CascadePredictor, "restored_differences", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    monkeypatch.setattr(CascadePredictor, "restored_differences",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     merged = predictor.segment(ct, [one, KidneyROI(one.center, one.size)] + small).array
     np.testing.assert_array_equal(merged, alone)
     assert len(calls) == 1, "100 ROIs inside one must not be 100 runs"

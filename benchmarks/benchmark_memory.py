@@ -7,10 +7,11 @@ reports its own peak RSS (``VmHWM``: a child's ``ru_maxrss`` on Linux starts fro
 would report this process's synthesis). ``--profile`` also samples the child's RSS every few milliseconds and
 prints the Python stack at its peak (where the memory goes).
 
-    .venv/bin/python benchmarks/benchmark_memory.py                       # ~1-2 min, ~3-4 GiB
+    .venv/bin/python benchmarks/benchmark_memory.py                       # int16: 1.8-1.9 GiB (was 2.13-2.16)
+    .venv/bin/python benchmarks/benchmark_memory.py --dtype rescaled      # 2.55 GiB (was 3.03)
     .venv/bin/python benchmarks/benchmark_memory.py --slices 300 --profile
 
-About 1 minute and up to the measured peak of memory per run; run it on an otherwise idle machine.
+10-40 s and up to the measured peak of memory per run; run it on an otherwise idle machine.
 """
 from __future__ import annotations
 

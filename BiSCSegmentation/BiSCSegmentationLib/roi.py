@@ -183,23 +183,23 @@ def check_roi(roi: KidneyROI, volume: Volume) -> List[str]:
 
 def distinct_rois(rois: Sequence[KidneyROI], tol_mm: float = 1e-3) -> Tuple[List[KidneyROI], List[str]]:
     """``rois`` without those identical to or lying inside another (they would redo the same voxels), in
-    their order, and a note for each one dropped."""
+    their order, and a note for each one dropped. Of identical ROIs the first is kept."""
+    lo = np.array([r.lower for r in rois], dtype=float).reshape(-1, 3)
+    hi = np.array([r.upper for r in rois], dtype=float).reshape(-1, 3)
     kept: List[KidneyROI] = []
     notes = []
     for n, roi in enumerate(rois):
-        cover = next((o for m, o in enumerate(rois) if m != n and _inside(roi, o, tol_mm)
-                      and not (m > n and _inside(o, roi, tol_mm))), None)  # of two identical ones, keep the first
-        if cover is None:
+        inside = np.all(lo[n] >= lo - tol_mm, axis=1) & np.all(hi[n] <= hi + tol_mm, axis=1)  # roi n inside m
+        same = inside & np.all(lo >= lo[n] - tol_mm, axis=1) & np.all(hi <= hi[n] + tol_mm, axis=1)
+        inside[n:] &= ~same[n:]  # an identical ROI covers it only if it comes first
+        covers = np.flatnonzero(inside)
+        if covers.size == 0:
             kept.append(roi)
-        else:
-            what = "the same as" if _inside(cover, roi, tol_mm) else "inside"
-            notes.append(f"ROI #{n + 1} ({roi.name}) is {what} {cover.name} and was left out: its voxels are "
-                         f"segmented once")
+            continue
+        m = int(covers[0])
+        notes.append(f"ROI #{n + 1} ({roi.name}) is {'the same as' if same[m] else 'inside'} ROI #{m + 1} "
+                     f"({rois[m].name}) and was left out: its voxels are segmented once")
     return kept, notes
-
-
-def _inside(a: KidneyROI, b: KidneyROI, tol_mm: float) -> bool:
-    return bool(np.all(a.lower >= b.lower - tol_mm) and np.all(a.upper <= b.upper + tol_mm))
 
 
 def roi_overlap_fraction(roi: KidneyROI, volume: Volume) -> float:

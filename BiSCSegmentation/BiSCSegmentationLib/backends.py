@@ -14,7 +14,8 @@ any network OpenVINO cannot take (or a failed conversion) falls back to torch fo
 ``describe()`` says what was used, in words, for the user.
 
 A backend's ``runner(model)`` is a function ``x -> logits``: ``x`` a float32 tensor ``(1, 1, D, H, W)`` (sizes
-multiples of the network's divisor), the label logits a float32 tensor ``(1, C, D, H, W)``.
+multiples of the network's divisor), the label logits a float32 tensor ``(1, C, D, H, W)``. A runner that
+holds buffers between calls has a ``release()`` that frees them (the cascade calls it once a stage is done).
 """
 from __future__ import annotations
 
@@ -304,6 +305,7 @@ class OpenVINOBackend:
             request.infer({0: x.numpy()})
             return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
+        run.release = requests.clear  # frees the compiled shapes' buffers; the next call compiles again (~0.3 s)
         return run
 
     def _capabilities(self) -> List[str]:

@@ -23,11 +23,13 @@ import torch
 
 from .backends import select_backend
 from .decision import ISLAND_FRACTION, Decision, apply_case_steps, case_step_maps, labels_from_differences
+from .limits import allocation_guard, check_fine_stage, check_rough_stage
 from .model_file import StageModel, load_bundled, load_model_file
 from .quality import QualityWarning, check_input, check_result, merge, roi_warnings
 from .resample import (AxisMap, covering_map, nearest_to_stored, resample_linear, resample_view,
                        spacing_map)
-from .roi import KidneyROI, check_roi, grow_roi, roi_index_bounds, rois_from_mask, touched_faces
+from .roi import (MAX_ROI_SIDE_MM, KidneyROI, check_roi, distinct_rois, grow_roi, roi_index_bounds, rois_from_mask,
+                  touched_faces)
 from .volume import Reorientation, Volume, VolumeError, canonical_reorientation
 
 ProgressCallback = Callable[[str, float], None]
@@ -130,6 +132,7 @@ class CascadePredictor:
         self.decision = fine.decision if decision is None else decision
         self.rough_decision = rough.decision if rough_decision is None else rough_decision
         self.timings: Dict[str, float] = {}
+        self.notes: List[str] = []  # what the last segment() changed about its ROIs (duplicates left out)
         for m in (rough, fine):
             m.network.to(self.device).eval()
 
@@ -186,6 +189,7 @@ class CascadePredictor:
         return probs
 
     # ----------------------------------------------------------------------------------------------- stages
+    @allocation_guard("the rough stage")
     def locate(self, ct: Volume) -> RoughResult:
         """Rough stage: in-plane to 128x128 (z at the model's spacing), predict, find one ROI per kidney."""
         self.warnings = check_input(ct)
@@ -195,9 +199,13 @@ class CascadePredictor:
         g = self.rough_model.grid
         nz, ny, nx = canon.array.shape
         maps = rough_grid(canon, int(g["inplane_size"]), float(g["z_spacing"]))
+        check_rough_stage(canon, [m.n_out for m in maps], self.rough_model)
         image = resample_view(canon.array, maps, fill=AIR_HU)
         image = self._normalise(image, self.rough_model)
         probs = self._probabilities(self.rough_model, image, "rough", (0.0, 0.9))
+        release = getattr(self._runner(self.rough_model), "release", None)
+        if release:  # the rough network's buffers (~260 MB with OpenVINO) would stay held through the fine stage
+            release()
         low = (label_argmax(probs) if self.rough_decision.rule == "argmax"
                else labels_from_differences(probs[1:] - probs[:1], self.rough_decision))
         lowres = _grid_volume(canon, maps, low)
@@ -211,17 +219,22 @@ class CascadePredictor:
         self._report("rough", 1.0)
         return RoughResult(lambda: ct.with_array(nearest_to_stored(low, back, reo)), lowres, rois)
 
+    @allocation_guard("the fine stage")
     def segment(self, ct: Volume, rois: Sequence[KidneyROI]) -> Volume:
         """Fine stage on each ROI at the fine model's spacing; results pasted back onto ct's grid. The input
-        and the result are checked (``self.warnings``)."""
+        and the result are checked (``self.warnings``); ROIs identical to or inside another are left out
+        (``notes`` says so); the work's size is checked first (limits.py)."""
         input_warnings = check_input(ct)
         if not rois:
             raise NoKidneyFound()
+        rois, self.notes = distinct_rois(rois)
         problems = [p for r in rois for p in check_roi(r, ct)]
         if problems:
             raise ValueError("; ".join(problems))
         t0 = time.perf_counter()
         canon, reo = canonical_view(ct)
+        check_fine_stage(rois, lambda r: fine_grid(canon, r, self.fine_model), ct.array.size, self.fine_model,
+                         self.decision.has_case_steps)
         out_stored = np.zeros(ct.array.shape, dtype=np.uint8)
         out = reo.apply(out_stored)  # a canonical view: pasting into it fills out_stored, no copy back
         boxes, maps, used, entropies = [], [], [], []
@@ -284,7 +297,7 @@ class CascadePredictor:
             faces = touched_faces(labels >= self.roi_growth_label, box, canon.array.shape, canon.spacing[::-1],
                                   self.roi_growth_min_mm2)
             grown = grow_roi(roi, faces, bounds=bounds) if faces else roi
-            if grown == roi:
+            if grown == roi or max(grown.size) > MAX_ROI_SIDE_MM:  # no kidney is that large (roi.check_roi)
                 break
             roi = grown
         return roi, box, restored, labels

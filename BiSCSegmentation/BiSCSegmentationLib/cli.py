@@ -311,7 +311,10 @@ def run_segment(args) -> SegmentOutcome:
                 labels = predictor.segment(ct, rois)
         warnings = merge(warnings, predictor.warnings)
         if not args.rough_only:
-            grown = [(a, b) for a, b in zip(rois, predictor.used_rois) if a != b]
+            paired = len(rois) == len(predictor.used_rois)  # not when duplicate ROIs were left out
+            grown = [(a, b) for a, b in zip(rois, predictor.used_rois) if a != b] if paired else []
+            for note in predictor.notes if not args.quiet else []:  # e.g. duplicate ROIs left out
+                progress.write(note)
             rois = list(predictor.used_rois)  # what the labels come from (and what --save-rois writes)
             for before, after in (grown if not args.quiet else []):
                 progress.write(f"{after.name} grown from {_mm(before.size)} to {_mm(after.size)}: the kidney "

@@ -215,8 +215,7 @@ def relabel_tumor_components(labels: np.ndarray, voxel_ml: float, min_ml: float 
     if use_probability:
         p = probability[box[0]]
         scale = 255.0 if p.dtype == np.uint8 else 1.0
-        sums = np.bincount(comp.ravel(), weights=p.ravel().astype(np.float64), minlength=n + 1)
-        drop |= sums < float(min_probability) * scale * sizes
+        drop |= _component_sums(comp, p, n) < float(min_probability) * scale * sizes
     drop[0] = False
     drop[int(np.argmax(sizes))] = False
     if not drop.any():
@@ -225,6 +224,17 @@ def relabel_tumor_components(labels: np.ndarray, voxel_ml: float, min_ml: float 
     change = drop[comp]
     region[change] = 1
     return int(np.count_nonzero(change))
+
+
+def _component_sums(comp: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Sum of ``values`` over each of components 0..n, slab by slab: ``bincount`` wants float64 weights, and a
+    float64 copy of a large tumor box (both kidneys' false tumors) held 8 bytes a voxel at the run's peak."""
+    sums = np.zeros(n + 1)
+    step = max(1, (1 << 22) // max(1, comp[0].size))
+    for z in range(0, comp.shape[0], step):
+        sl = slice(z, z + step)
+        sums += np.bincount(comp[sl].ravel(), weights=values[sl].ravel().astype(np.float64), minlength=n + 1)
+    return sums
 
 
 def case_step_maps(diff: torch.Tensor, decision: Decision) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:

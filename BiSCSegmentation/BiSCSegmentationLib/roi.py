@@ -28,6 +28,10 @@ SIDES = ("right", "left", "both", "unknown")
 ROI_FORMAT = "bisc-rois"
 ROI_FORMAT_VERSION = 1
 MIN_ROI_MM = 16.0
+# No kidney with its tumor needs more: in KiTS19 the largest per-kidney box is 273 voxels (~280 mm) in-plane
+# and ~330 mm along z with a large tumor; a larger ROI is a mistake that would only cost memory (a 10 m box
+# asked for 24 GB).
+MAX_ROI_SIDE_MM = 400.0
 
 
 class ROIError(ValueError):
@@ -166,11 +170,36 @@ def check_roi(roi: KidneyROI, volume: Volume) -> List[str]:
     if min(roi.size) < MIN_ROI_MM:
         problems.append(f"{roi.name} is too small ({' x '.join(f'{s:.0f}' for s in roi.size)} mm); "
                         f"make it at least {MIN_ROI_MM:.0f} mm in every direction and cover the whole kidney")
+    if max(roi.size) > MAX_ROI_SIDE_MM:
+        problems.append(f"{roi.name} is too large ({' x '.join(f'{s:.0f}' for s in roi.size)} mm): no kidney with "
+                        f"its tumor is longer than {MAX_ROI_SIDE_MM:.0f} mm in any direction (KiTS19: at most "
+                        f"~330 mm); make it fit around one kidney")
     lo, hi = roi_index_bounds(roi, volume)
     n = np.array(volume.size_ijk)
     if np.any(hi < -0.5) or np.any(lo > n - 0.5):
         problems.append(f"{roi.name} lies outside the image; move it onto the kidney")
     return problems
+
+
+def distinct_rois(rois: Sequence[KidneyROI], tol_mm: float = 1e-3) -> Tuple[List[KidneyROI], List[str]]:
+    """``rois`` without those identical to or lying inside another (they would redo the same voxels), in
+    their order, and a note for each one dropped. Of identical ROIs the first is kept."""
+    lo = np.array([r.lower for r in rois], dtype=float).reshape(-1, 3)
+    hi = np.array([r.upper for r in rois], dtype=float).reshape(-1, 3)
+    kept: List[KidneyROI] = []
+    notes = []
+    for n, roi in enumerate(rois):
+        inside = np.all(lo[n] >= lo - tol_mm, axis=1) & np.all(hi[n] <= hi + tol_mm, axis=1)  # roi n inside m
+        same = inside & np.all(lo >= lo[n] - tol_mm, axis=1) & np.all(hi <= hi[n] + tol_mm, axis=1)
+        inside[n:] &= ~same[n:]  # an identical ROI covers it only if it comes first
+        covers = np.flatnonzero(inside)
+        if covers.size == 0:
+            kept.append(roi)
+            continue
+        m = int(covers[0])
+        notes.append(f"ROI #{n + 1} ({roi.name}) is {'the same as' if same[m] else 'inside'} ROI #{m + 1} "
+                     f"({rois[m].name}) and was left out: its voxels are segmented once")
+    return kept, notes
 
 
 def roi_overlap_fraction(roi: KidneyROI, volume: Volume) -> float:

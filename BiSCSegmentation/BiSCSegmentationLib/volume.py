@@ -234,6 +234,11 @@ def read_volume(path: PathLike) -> Volume:
             reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
             image = reader.Execute()
         else:
+            from .nifti import read_rescaled  # a rescaled NIfTI: slab by slab (SimpleITK holds 2.5 copies)
+
+            volume = read_rescaled(path)
+            if volume is not None:
+                return volume
             image = sitk.ReadImage(str(path))
             from .integrity import check_complete
 

@@ -139,7 +139,7 @@ def build(case: str, d: Path, models) -> tuple:
         p = d / "evil.pt"
         with open(p, "wb") as f:
             pickle.dump({"format": _RunsCode(d / "MARKER")}, f)
-        return [str(ct), "--model-override", rough, str(p)], "not a readable"
+        return [str(ct), "--model-override", rough, str(p)], "could run code"
     if case == "nan_slices":
         b = a.copy()
         b[10:20] = np.nan

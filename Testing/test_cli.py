@@ -176,7 +176,8 @@ def test_no_kidney_found_exit_3(models, ct_path, tmp_path, capsys):
     rc = segment_main([str(ct_path), "-o", str(out), "--save-rois", str(tmp_path / "r.json"), "--quiet"]
                       + _args(models, rough="rough_empty"))
     assert rc == 3
-    assert "--rois" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert err.count("--rois") == 1 and len(err.splitlines()) == 1  # the advice once, one line
     assert not out.exists() and not (tmp_path / "r.json").exists()
 
 

@@ -365,3 +365,33 @@ def test_phantom_case_is_written_whole_or_not_at_all(tmp_path, monkeypatch, caps
 def test_outputs_error_is_a_value_error():
     """Every caller's existing ``except ValueError`` turns these into one clear line."""
     assert issubclass(OutputError, ValueError) and issubclass(outputs.OutputExistsError, FileExistsError)
+
+
+REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "realct" / "totalseg_example" / "ct.nii.gz"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_CT.is_file(), reason=f"shared real CT not found at {REAL_CT}")
+@pytest.mark.parametrize("stage,name,code", [("rough stage", "SIGINT", 130), ("rough stage", "SIGTERM", 143),
+                                             ("fine stage", "SIGINT", 130), ("fine stage", "SIGTERM", 143)])
+def test_a_signal_in_each_stage_stops_the_real_command_and_writes_nothing(stage, name, code, tmp_path):
+    """The installed bisc-segment on a real CT with the bundled models: the signal is sent as soon as the
+    progress bar names the stage."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cmd = [str(Path(sys.executable).parent / "bisc-segment"), str(REAL_CT), "-o", str(out / "labels.nii.gz"),
+           "--seg-nrrd", str(out / "labels.seg.nrrd"), "--summary", str(out / "summary.json"), "--device", "cpu"]
+    if stage == "rough stage":
+        cmd.append("--rough-only")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen, end = b"", time.monotonic() + 120
+    while stage.encode() not in seen and time.monotonic() < end and proc.poll() is None:
+        seen += os.read(proc.stderr.fileno(), 256)
+    assert stage.encode() in seen, seen[-400:]
+    proc.send_signal(getattr(signal, name))
+    err = (seen + proc.communicate(timeout=60)[1]).decode(errors="replace")
+    assert proc.returncode == code and "Cancelled: nothing was written." in err and "Traceback" not in err
+    assert not out.exists() or os.listdir(out) == []

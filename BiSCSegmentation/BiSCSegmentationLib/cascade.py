@@ -45,8 +45,8 @@ class NoKidneyFound(RuntimeError):
 
     def __init__(self):
         super().__init__("No kidney was found by the rough stage. Add an ROI by hand around each kidney "
-                         "(in 3D Slicer: add an ROI and press Segment; on the command line: --rois FILE) "
-                         "and run the fine stage on it.")
+                         "(in 3D Slicer: add an ROI and press Segment; on the command line: write an ROI file as "
+                         "--save-rois does and run again with --rois FILE).")
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -326,7 +326,9 @@ def run_segment(args) -> SegmentOutcome:
         progress.close()
 
     t = time.perf_counter()
-    labels = labels.with_array(np.asarray(labels.array).astype(np.uint8))
+    labels = labels.with_array(np.asarray(labels.array).astype(np.uint8, copy=False))
+    if not labels.same_grid(ct):  # the output must carry the input's grid exactly
+        raise VolumeError("internal error: the label map's grid differs from the CT's; nothing was written")
     outputs = OutputSet(args.force, OVERWRITE_HINT)  # all of them, complete, or none
     outputs.add_image(args.output, labels, "label map")
     if args.seg_nrrd:
@@ -397,8 +399,7 @@ def run_segment_cli(argv: Optional[Sequence[str]] = None) -> Tuple[int, Optional
         outcome = run_segment(args)
         return (EXIT_WARNINGS if args.strict and outcome.warnings else 0), outcome
     except NoKidneyFound as exc:
-        _error(f"{exc} Nothing was written. Write an ROI file (format: see --save-rois) and run again with "
-               f"--rois FILE.")
+        _error(f"{exc} Nothing was written.")  # the advice is in the message, once
         return EXIT_NO_KIDNEY, None
     except (Cancelled, KeyboardInterrupt) as exc:
         if isinstance(exc, Interrupted) and exc.outputs_written:

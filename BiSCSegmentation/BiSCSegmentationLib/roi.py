@@ -31,7 +31,7 @@ MIN_ROI_MM = 16.0
 # No kidney with its tumor needs more: in KiTS19 the largest per-kidney box is 273 voxels (~280 mm) in-plane
 # and ~330 mm along z with a large tumor; a larger ROI is a mistake that would only cost memory (a 10 m box
 # asked for 24 GB).
-MAX_ROI_SIDE_MM = 400.0
+MAX_ROI_SIDE_MM = 600.0  # wider than a body: a mistake, not a kidney (quality.py warns from 250 mm)
 
 
 class ROIError(ValueError):
@@ -171,9 +171,9 @@ def check_roi(roi: KidneyROI, volume: Volume) -> List[str]:
         problems.append(f"{roi.name} is too small ({' x '.join(f'{s:.0f}' for s in roi.size)} mm); "
                         f"make it at least {MIN_ROI_MM:.0f} mm in every direction and cover the whole kidney")
     if max(roi.size) > MAX_ROI_SIDE_MM:
-        problems.append(f"{roi.name} is too large ({' x '.join(f'{s:.0f}' for s in roi.size)} mm): no kidney with "
-                        f"its tumor is longer than {MAX_ROI_SIDE_MM:.0f} mm in any direction (KiTS19: at most "
-                        f"~330 mm); make it fit around one kidney")
+        problems.append(f"{roi.name} is too large ({' x '.join(f'{s:.0f}' for s in roi.size)} mm): over "
+                        f"{MAX_ROI_SIDE_MM:.0f} mm is wider than a body (the largest KiTS19 kidney box is 221 mm); "
+                        f"make it fit around one kidney")
     lo, hi = roi_index_bounds(roi, volume)
     n = np.array(volume.size_ijk)
     if np.any(hi < -0.5) or np.any(lo > n - 0.5):

@@ -31,3 +31,12 @@ def tiny_stage_models(rough_grid=None, fine_spacing=(1.5, 1.5, 3.0), widths=(4, 
     for m in (rough, fine):
         m.build().eval()
     return rough, fine
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Training sets torch's thread count for its process; a test that trains must not change the numerics
+    (reduction order) of the tests after it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

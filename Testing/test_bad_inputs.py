@@ -164,13 +164,18 @@ def build(case: str, d: Path, models) -> tuple:
         img.SetDirection((1, 0.3, 0, 0, 1, 0, 0, 0, 1))
         sitk.WriteImage(img, str(p))
         return [str(p)], "not orthonormal"
+    if case == "singular_direction":  # ITK refuses it with a message about object addresses and matrices
+        p = d / "singular.mha"
+        sitk.WriteImage(to_sitk(Volume(a.astype(np.int16))), str(p))
+        p.write_bytes(p.read_bytes().replace(b"TransformMatrix = 1 0 0 0 1 0 0 0 1", b"TransformMatrix = 1 0 0 1 0 0 0 0 1"))
+        return [str(p)], "direction matrix is singular"
     raise KeyError(case)
 
 
 CASES = ["2d", "4d", "rgb", "one_slice", "zero_one", "text", "empty", "label_map", "two_dicom_series",
          "output_is_input", "unsupported_output", "existing_output", "malformed_rois", "truncated_model",
          "swapped_models", "pickle_runs_code", "nan_slices", "unsigned_offset", "mr_like", "slices_100mm",
-         "truncated_nifti", "sheared_direction"]
+         "truncated_nifti", "sheared_direction", "singular_direction"]
 
 
 def _snapshot(d: Path) -> dict:

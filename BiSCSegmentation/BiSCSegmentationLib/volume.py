@@ -215,6 +215,17 @@ def unreadable(path: PathLike) -> Optional[str]:
     return None
 
 
+def _itk_reason(text: str) -> str:
+    """The sentence of an ITK exception that says what went wrong (not its source line or object address)."""
+    import re
+
+    for line in text.splitlines():
+        if "ERROR:" in line:
+            return re.sub(r"^.*ERROR:\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", line).strip() or "unknown error"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
 def read_volume(path: PathLike) -> Volume:
     """Read NIfTI, NRRD, MHA/MHD, or a folder holding one DICOM series."""
     sitk = _sitk()
@@ -246,8 +257,11 @@ def read_volume(path: PathLike) -> Volume:
     except VolumeError:
         raise
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-        raise VolumeError(f"{path}: cannot read this image ({first}); supported: NIfTI, NRRD, MHA/MHD, "
+        reason = _itk_reason(str(exc))
+        if "determinant is 0" in reason:
+            raise VolumeError(f"{path}: the header's direction matrix is singular (two image axes point the same "
+                              f"way); the header is corrupt: re-export the CT") from exc
+        raise VolumeError(f"{path}: cannot read this image ({reason}); supported: NIfTI, NRRD, MHA/MHD, "
                           f"DICOM series folder") from exc
     return from_sitk(image)
 

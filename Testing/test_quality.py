@@ -97,7 +97,7 @@ def test_each_implausible_result_has_its_warning():
     sp = NORMAL
     labels, ct, boxes, rois = _case()
     third = labels.copy()
-    _kidney(third, 30, 20, 80, r=(8, 8, 8))
+    _kidney(third, 30, 50, 80, r=(8, 8, 8))  # between the two kidneys, inside the ROIs' union
     assert "KIDNEY_COUNT" in codes(check_result(third, ct, sp, boxes, rois))
 
     huge = check_result(labels, ct, HUGE, boxes, rois)

@@ -116,9 +116,10 @@ def run_case(case: RealCase, model_args: Sequence[str], work: Path) -> Dict[str,
     from BiSCSegmentationLib.roi import load_rois
 
     pred_path, roi_path = work / f"{case.name}.nii.gz", work / f"{case.name}.rois.json"
+    summary_path = work / f"{case.name}.summary.json"
     t0 = time.perf_counter()
-    code, _ = run_segment_cli([str(case.ct), "-o", str(pred_path), "--save-rois", str(roi_path), "--quiet",
-                               *model_args])
+    code, _ = run_segment_cli([str(case.ct), "-o", str(pred_path), "--save-rois", str(roi_path), "--summary",
+                               str(summary_path), "--quiet", *model_args])
     seconds = time.perf_counter() - t0
     reference = read_labels(case.reference, case.name, "ground truth")
     if code == EXIT_NO_KIDNEY:  # scored as an empty prediction, as the training evaluation does
@@ -127,7 +128,11 @@ def run_case(case: RealCase, model_args: Sequence[str], work: Path) -> Dict[str,
         raise RuntimeError(f"{case.name}: bisc-segment failed (exit {code}, message above)")
     else:
         pred, rois, status = read_labels(pred_path, case.name, "prediction"), load_rois(roi_path), "ok"
-    return case_row(case, pred, reference, rois, seconds, status)
+    row = case_row(case, pred, reference, rois, seconds, status)
+    # the trust signals the user got (quality.py): a wrong result must come with them
+    row["warnings"] = ([f"{w['code']} ({w['severity']})" for w in json.loads(summary_path.read_text())["warnings"]]
+                       if summary_path.is_file() else [])
+    return row
 
 
 def _fmt(v, spec: str = ".3f", none: str = "n/a") -> str:
@@ -140,10 +145,11 @@ def markdown(rows: Sequence[Dict[str, object]], meta: Dict[str, object]) -> str:
              f"`{meta['command']}` on {meta['date']} ({meta['machine']}). Time: bisc-segment in this process, "
              "model loading included. Kidney Dice and surface Dice count labels 1 and 2 together (KiTS); "
              "containment: share of each reference kidney inside the ROIs; false tumor: predicted tumor where "
-             "the reference has no tumor label. Validation only: never tune on these cases.", "",
+             "the reference has no tumor label; warnings: the quality warnings bisc-segment raised "
+             "(docs/quality.md). Validation only: never tune on these cases.", "",
              "| case | phase | kidney Dice | surface Dice 1 mm | tumor Dice | ROIs | ROI containment | "
-             "ROI size (max side, mm) | kidney mL (pred / ref) | false tumor mL | time (s) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: |"]
+             "ROI size (max side, mm) | kidney mL (pred / ref) | false tumor mL | time (s) | warnings |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | --- |"]
     for r in rows:
         per_kidney = [f"{k[len('roi_containment_'):]} {100 * v:.0f}%" for k, v in r.items()
                       if k.startswith("roi_containment_") and v is not None]
@@ -154,7 +160,8 @@ def markdown(rows: Sequence[Dict[str, object]], meta: Dict[str, object]) -> str:
         lines.append(f"| {r['case']}{status} | {r['phase']} | {_fmt(r['kidney_dice'])} | {_fmt(r[sd])} | "
                      f"{_fmt(r['tumor_dice'], none='n/a (no tumor label)')} | {r['roi_count']} | {contain} | "
                      f"{sizes} | {_fmt(r.get('pred_kidney_ml'), '.0f')} / {_fmt(r.get('ref_kidney_ml'), '.0f')} | "
-                     f"{_fmt(r.get('false_tumor_ml'), '.0f')} | {r['seconds']:.1f} |")
+                     f"{_fmt(r.get('false_tumor_ml'), '.0f')} | {r['seconds']:.1f} | "
+                     f"{', '.join(r.get('warnings', [])) or 'none'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -205,16 +205,19 @@ def check_result(labels: np.ndarray, ct: np.ndarray, spacing_zyx: Sequence[float
     spacing_zyx = tuple(float(s) for s in spacing_zyx)
     ml = float(np.prod(spacing_zyx)) / 1000.0
     out = roi_warnings(rois)
-    fg = labels > 0
-    found = ndimage.find_objects(fg.view(np.uint8))
+    # the fine stage labels only inside the ROIs: work on their union, not the whole scan (memory)
+    union = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3)) \
+        if boxes else tuple(slice(0, n) for n in labels.shape)
+    fg_union = labels[union] > 0
+    found = ndimage.find_objects(fg_union.view(np.uint8))
     if not found:
         return out + [QualityWarning("NO_KIDNEY_LABELLED", CRITICAL, "the fine stage labelled no kidney in the "
                                      "ROIs: check that each box is on a kidney")]
-    box = found[0]
-    sub, sub_labels = fg[box], labels[box]
+    box = tuple(slice(f.start + u.start, f.stop + u.start) for f, u in zip(found[0], union))
+    sub, sub_labels = labels[box] > 0, labels[box]
     comp, n = ndimage.label(sub, structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(comp.ravel(), minlength=n + 1) * ml
-    tumor = np.bincount(comp.ravel(), weights=(sub_labels == 2).ravel(), minlength=n + 1) * ml
+    tumor = np.bincount(comp[sub_labels == 2], minlength=n + 1) * ml  # tumor voxels only (memory)
     kidneys = [i for i in range(1, n + 1) if sizes[i] >= MIN_KIDNEY_ML]
     if len(kidneys) > 2:
         out.append(QualityWarning("KIDNEY_COUNT", CRITICAL,
@@ -238,13 +241,14 @@ def check_result(labels: np.ndarray, ct: np.ndarray, spacing_zyx: Sequence[float
         out.append(QualityWarning("TUMOR_BILATERAL", WARNING, "tumor is labelled in both kidneys (4 of 168 KiTS19 "
                                                               "patients): check each tumor"))
     for roi, b in zip(rois, boxes):
-        faces = touched_faces(fg[b], b, fg.shape, spacing_zyx, FACE_TOUCH_MM2)
+        inside = tuple(slice(s.start - u.start, s.stop - u.start) for s, u in zip(b, union))
+        faces = touched_faces(fg_union[inside], b, labels.shape, spacing_zyx, FACE_TOUCH_MM2)
         if faces:
             names = ", ".join(_FACE_NAMES[f] for f in faces)
             out.append(QualityWarning("FOREGROUND_AT_ROI_FACE", WARNING,
                                       f"kidney or tumor reaches the {names} face of the {roi.name}: the box may "
                                       f"cut the kidney off; enlarge it (or use ROI growth) and run again"))
-    edges = _scan_edges(fg, spacing_zyx)
+    edges = _scan_edges(labels, spacing_zyx)
     if edges:
         out.append(QualityWarning("KIDNEY_AT_SCAN_EDGE", WARNING,
                                   f"kidney or tumor reaches the {', '.join(edges)} edge of the scan: the scan may "
@@ -300,14 +304,14 @@ _FACE_NAMES = {(0, -1): "right", (0, 1): "left", (1, -1): "anterior", (1, 1): "p
                (2, -1): "inferior", (2, 1): "superior"}
 
 
-def _scan_edges(fg: np.ndarray, spacing_zyx: Sequence[float]) -> List[str]:
-    """Which ends of a canonical (S, P, L-ordered) scan the foreground reaches over >= FACE_TOUCH_MM2."""
+def _scan_edges(labels: np.ndarray, spacing_zyx: Sequence[float]) -> List[str]:
+    """Which ends of a canonical (S, P, L-ordered) scan kidney or tumor reaches over >= FACE_TOUCH_MM2."""
     names = (("inferior", "superior"), ("anterior", "posterior"), ("right", "left"))
     out = []
     for ax in range(3):
         area = float(np.prod([spacing_zyx[a] for a in range(3) if a != ax]))
         for side, index in ((0, 0), (1, -1)):
-            if np.count_nonzero(np.take(fg, index, axis=ax)) * area >= FACE_TOUCH_MM2:
+            if np.count_nonzero(np.take(labels, index, axis=ax)) * area >= FACE_TOUCH_MM2:
                 out.append(names[ax][side])
     return out
 

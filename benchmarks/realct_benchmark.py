@@ -32,6 +32,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_limits import cpu_name  # noqa: E402 (one home for the machine's description)
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REALCT = REPO.parent / "shared" / "data" / "realct"
 NAMES = ("realct.md", "realct.json")
@@ -176,16 +179,6 @@ def model_label(args) -> str:
         return f"{Path(args.rough_model).name} + {Path(args.fine_model).name}"
     from BiSCSegmentationLib.model_file import bundled_entry
     return f"bundled {bundled_entry(args.model)[0]}"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -160,3 +160,24 @@ def test_cli_writes_kits_layout(data, tmp_path):
     ct, lab = read_case(tmp_path, "case_00000")
     assert ct.same_grid(lab) and ct.array.dtype == np.int16 and set(np.unique(lab.array)) <= {0, 1, 2}
     assert json.loads((tmp_path / "case_00000" / "synthesis.json").read_text())["phase"] in PHASES
+
+
+def test_rough_cache_and_roi_score(data, tmp_path):
+    """The experiment helpers: a rough-only cache of written cases, and the share of a kidney inside ROI boxes."""
+    btcv, kits, _ = data
+    from bisc_training.synthesis.__main__ import main
+    from bisc_training.synthesis import rough_cache, score_rois
+    assert main(["--btcv", str(btcv.parent), "--out", str(tmp_path / "cases"), "--count", "2", "--spacing", "4,4,4"]) == 0
+    assert rough_cache.main(["--kits", str(tmp_path / "cases"), "--cache", str(tmp_path / "cache")]) == 0
+    arr = np.load(tmp_path / "cache" / "case_00000" / "rough_labels.npy")
+    assert arr.shape[1:] == (128, 128) and arr.max() == 1 and (tmp_path / "cache" / "split.json").is_file()
+    ct, lab = read_case(tmp_path / "cases", "case_00000")
+    write_volume(lab, tmp_path / "k.nii.gz")
+    idx = np.argwhere(lab.array > 0)
+    lo, hi = lab.index_to_physical(idx.min(0)[::-1]), lab.index_to_physical(idx.max(0)[::-1])
+    box = {"center": list((lo + hi) / 2), "size": list(np.abs(hi - lo) + 8)}
+    (tmp_path / "r.json").write_text(json.dumps({"rois": [box]}))
+    assert [k["share_inside"] for k in score_rois.score(tmp_path / "r.json", tmp_path / "k.nii.gz")["kidneys"]] == [1, 1]
+    box["center"] = list((lo + hi) / 2 + np.array([0, 0, 400.0]))
+    (tmp_path / "r.json").write_text(json.dumps({"rois": [box]}))
+    assert [k["share_inside"] for k in score_rois.score(tmp_path / "r.json", tmp_path / "k.nii.gz")["kidneys"]] == [0, 0]

@@ -30,7 +30,8 @@ from .resample import (AxisMap, covering_map, nearest_to_stored, resample_linear
                        spacing_map)
 from .roi import (MAX_ROI_SIDE_MM, KidneyROI, check_roi, distinct_rois, grow_roi, roi_index_bounds, rois_from_mask,
                   touched_faces)
-from .volume import Reorientation, Volume, VolumeError, canonical_reorientation
+from .volume import Reorientation, Volume, canonical_reorientation
+from .windows import run_network, sliding_window
 
 ProgressCallback = Callable[[str, float], None]
 AIR_HU = -1024.0
@@ -467,68 +468,6 @@ def fine_grid(canon: Volume, roi: KidneyROI, model: StageModel) -> Tuple[List[Ax
         last = min(canon.array.shape[ax] - 1, int(math.floor(hi[ax] + 1e-6)))
         box.append(slice(first, max(first, last + 1)))
     return maps, tuple(box)
-
-
-# ------------------------------------------------------------------------------------------ sliding window
-def _gaussian_weight(shape: Sequence[int]) -> torch.Tensor:
-    axes = [torch.exp(-0.5 * ((torch.arange(n, dtype=torch.float32) - (n - 1) / 2) / (n / 8.0)) ** 2)
-            for n in shape]
-    w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    return (w / w.max()).clamp_(min=1e-3)
-
-
-def _starts(n: int, window: int) -> List[int]:
-    if n <= window:
-        return [0]
-    count = int(math.ceil((n - window) / (window / 2))) + 1
-    return [int(round(i * (n - window) / (count - 1))) for i in range(count)]
-
-
-@torch.no_grad()
-def run_network(model: StageModel, x: torch.Tensor, mirror: bool, runner: Optional[Callable] = None) -> torch.Tensor:
-    """Softmax probabilities (N, C, ...) of the label branch, averaged over all 8 mirrorings if asked.
-    ``runner`` (x -> label logits, from a backend) defaults to the torch network itself."""
-    forward = runner or model.network.forward_labels
-    if not mirror:
-        return torch.softmax(forward(x), dim=1)
-    acc = None
-    flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
-    for dims in flips:
-        xi = torch.flip(x, dims).contiguous() if dims else x
-        p = torch.softmax(forward(xi), dim=1)
-        p = torch.flip(p, dims) if dims else p
-        acc = p if acc is None else acc + p
-    return acc / len(flips)
-
-
-def sliding_window(model: StageModel, image: torch.Tensor, device: torch.device, mirror: bool,
-                   report: Callable[[float], None], runner: Optional[Callable] = None) -> torch.Tensor:
-    """Probabilities (C, Z, Y, X) for a normalised (Z, Y, X) image; windows no larger than the model's
-    ``inference_window``, blended with Gaussian weights; sizes padded to the network's divisor."""
-    div = model.config.divisor
-    shape = list(image.shape)
-    padded = [max(div, int(math.ceil(n / div) * div)) for n in shape]
-    window = [min(w, p) for w, p in zip(model.inference_window, padded)]
-    pad_value = float(image.min()) if image.numel() else 0.0
-    x = torch.full(padded, pad_value, dtype=torch.float32)
-    x[: shape[0], : shape[1], : shape[2]] = image
-    tiles = [(a, b, c) for a in _starts(padded[0], window[0]) for b in _starts(padded[1], window[1])
-             for c in _starts(padded[2], window[2])]
-    c_out = model.config.num_classes
-    if len(tiles) == 1:
-        probs = run_network(model, x[None, None].to(device), mirror, runner)[0]
-        report(1.0)
-        return probs[:, : shape[0], : shape[1], : shape[2]].float()
-    acc = torch.zeros([c_out] + padded, dtype=torch.float32, device=device)
-    norm = torch.zeros(padded, dtype=torch.float32, device=device)
-    weight = _gaussian_weight(window).to(device)
-    for n, (a, b, c) in enumerate(tiles):
-        sl = (slice(a, a + window[0]), slice(b, b + window[1]), slice(c, c + window[2]))
-        p = run_network(model, x[sl][None, None].to(device), mirror, runner)[0].float()
-        acc[(slice(None),) + sl] += p * weight
-        norm[sl] += weight
-        report((n + 1) / len(tiles))
-    return (acc / norm)[:, : shape[0], : shape[1], : shape[2]]
 
 
 __all__ = ["CascadePredictor", "CascadeResult", "RoughResult", "Cancelled", "NoKidneyFound", "pick_device",

@@ -344,5 +344,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 __all__ = ["evaluate_folders", "EvaluationError", "EvaluationReport", "find_label_files", "find_roi_files", "case_key",
-           "summarise", "score_labels", "write_report", "atomic_write_text", "format_table", "check_outputs", "check_same_grid",
+           "summarise", "score_labels", "write_report", "format_table", "check_outputs", "check_same_grid",
            "read_labels", "main"]

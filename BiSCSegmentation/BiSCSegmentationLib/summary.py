@@ -4,7 +4,6 @@ warnings and the timings. ``bisc-segment --summary`` writes it as JSON (with its
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np

@@ -125,6 +125,7 @@ class CascadePredictor:
         self.roi_growth_label = int(roi_growth_label)
         self.used_rois: List[KidneyROI] = []
         self._entropy: Tuple[float, int] = (0.0, 0)
+        self._checked: Optional[tuple] = None  # (CT array, its geometry, its input warnings): see _check_input
         # what the last locate() or segment() found doubtful about its input and result (quality.py)
         self.warnings: List[QualityWarning] = []
         # the fine network's doubt per ROI of the last segment(): (mean entropy over its foreground, voxels)
@@ -164,6 +165,13 @@ class CascadePredictor:
         return cls(rough, fine, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- helpers
+    def _check_input(self, ct: Volume) -> List[QualityWarning]:
+        """quality.check_input, once per CT array: segment() after locate() on the same CT does not redo it."""
+        last = self._checked
+        if last is None or last[0] is not ct.array or last[1] != (ct.spacing, ct.direction.tobytes()):
+            self._checked = (ct.array, (ct.spacing, ct.direction.tobytes()), check_input(ct))
+        return list(self._checked[2])
+
     def _report(self, stage: str, fraction: float) -> None:
         if self._cancelled():
             raise Cancelled(f"cancelled during the {stage} stage")
@@ -193,7 +201,7 @@ class CascadePredictor:
     @allocation_guard("the rough stage")
     def locate(self, ct: Volume) -> RoughResult:
         """Rough stage: in-plane to 128x128 (z at the model's spacing), predict, find one ROI per kidney."""
-        self.warnings = check_input(ct)
+        self.warnings = self._check_input(ct)
         t0 = time.perf_counter()
         self._report("rough", 0.0)
         canon, reo = canonical_view(ct)
@@ -225,7 +233,7 @@ class CascadePredictor:
         """Fine stage on each ROI at the fine model's spacing; results pasted back onto ct's grid. The input
         and the result are checked (``self.warnings``); ROIs identical to or inside another are left out
         (``notes`` says so); the work's size is checked first (limits.py)."""
-        input_warnings = check_input(ct)
+        input_warnings = self._check_input(ct)
         if not rois:
             raise NoKidneyFound()
         rois, self.notes = distinct_rois(rois)

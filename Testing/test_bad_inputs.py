@@ -97,7 +97,7 @@ def build(case: str, d: Path, models) -> tuple:
     if case == "empty":
         p = d / "empty.nii"
         p.write_bytes(b"")
-        return [str(p)], "cannot read"
+        return [str(p)], "the file is empty"
     if case == "label_map":
         lab = np.zeros(a.shape, np.uint8)
         lab[5:10, 20:40, 20:40] = 1
@@ -158,6 +158,18 @@ def build(case: str, d: Path, models) -> tuple:
         data = p.read_bytes()
         p.write_bytes(data[: len(data) // 2])
         return [str(p)], "truncated"
+    if case in ("truncated_raw_nifti", "truncated_nrrd", "truncated_mha"):  # uncompressed: the length is checked
+        p = d / {"truncated_raw_nifti": "cut.nii", "truncated_nrrd": "cut.nrrd", "truncated_mha": "cut.mha"}[case]
+        sitk.WriteImage(to_sitk(_kits(a.astype(np.int16))), str(p), False)
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) - 4000])
+        return [str(p)], "truncated"
+    if case == "truncated_gzip_nrrd":
+        p = d / "cut_gz.nrrd"
+        sitk.WriteImage(to_sitk(_kits(a.astype(np.int16))), str(p), True)
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) * 2 // 3])
+        return [str(p)], "truncated"
     if case == "sheared_direction":
         img = to_sitk(Volume(a.astype(np.int16), (1.5, 1.5, 3.0)))
         p = d / "sheared.mha"
@@ -175,7 +187,8 @@ def build(case: str, d: Path, models) -> tuple:
 CASES = ["2d", "4d", "rgb", "one_slice", "zero_one", "text", "empty", "label_map", "two_dicom_series",
          "output_is_input", "unsupported_output", "existing_output", "malformed_rois", "truncated_model",
          "swapped_models", "pickle_runs_code", "nan_slices", "unsigned_offset", "mr_like", "slices_100mm",
-         "truncated_nifti", "sheared_direction", "singular_direction"]
+         "truncated_nifti", "truncated_raw_nifti", "truncated_nrrd", "truncated_mha", "truncated_gzip_nrrd",
+         "sheared_direction", "singular_direction"]
 
 
 def _snapshot(d: Path) -> dict:

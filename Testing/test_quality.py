@@ -168,3 +168,16 @@ def test_a_clean_phantom_raises_no_warning(tmp_path, capsys):
     out = capsys.readouterr()
     assert rc == 0 and outcome.warnings == [] and json.loads(summary.read_text())["warnings"] == []
     assert "No quality warnings." in out.out and "WARNING" not in out.err
+
+
+def test_summary_volumes_count_the_whole_map_and_each_roi_box():
+    from BiSCSegmentationLib.summary import volumes_ml
+
+    a = np.zeros((10, 20, 20), np.uint8)
+    a[:, :, :5] = 1     # 1000 voxels of kidney at x 0-4
+    a[:, :, 15:] = 2    # 1000 voxels of tumor at x 15-19
+    labels = Volume(a, (2.0, 1.0, 1.0))  # 2 uL voxels
+    roi = KidneyROI((4.5, 9.5, 4.5), (10.0, 20.0, 10.0), "right")  # x -0.5..9.5 mm: voxels 0-4, the kidney
+    v = volumes_ml(labels, [roi])
+    assert v["kidney_ml"] == 2.0 and v["tumor_ml"] == 2.0
+    assert v["per_roi"] == [{"roi": "Right kidney ROI", "side": "right", "kidney_ml": 2.0, "tumor_ml": 0.0}]

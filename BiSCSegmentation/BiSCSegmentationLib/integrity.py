@@ -82,6 +82,13 @@ def _require(path: Path, have: int, need: int) -> None:
 
 
 def _check_nifti(path: Path, compressed: bool) -> None:
+    size = path.stat().st_size
+    if size == 0:
+        raise IncompleteFile(f"{path}: the file is empty; download or export it again")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if compressed and magic != b"\x1f\x8b":
+        return  # not gzip at all: ITK says it cannot read it
     opener = gzip.open if compressed else open
     try:
         with opener(path, "rb") as f:

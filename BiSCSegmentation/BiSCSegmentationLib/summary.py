@@ -9,6 +9,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from . import __version__
+from .roi import roi_index_bounds
 from .volume import Volume
 
 SUMMARY_FORMAT = "bisc-segmentation-summary"
@@ -22,8 +23,6 @@ def volumes_ml(labels: Volume, rois: Sequence = ()) -> Dict:
     counts = np.bincount(a.ravel(), minlength=3)
     per_roi = []
     for roi in rois:
-        from .roi import roi_index_bounds
-
         lo, hi = roi_index_bounds(roi, labels)
         first = np.clip(np.ceil(lo - 1e-6).astype(int), 0, None)
         last = np.minimum(np.floor(hi + 1e-6).astype(int), np.array(labels.size_ijk) - 1)

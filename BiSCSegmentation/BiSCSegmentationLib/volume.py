@@ -250,10 +250,12 @@ def read_volume(path: PathLike) -> Volume:
             volume = read_rescaled(path)
             if volume is not None:
                 return volume
-            image = sitk.ReadImage(str(path))
             from .integrity import check_complete
 
-            check_complete(path)  # ITK fills a truncated file's missing voxels with zeros without a word
+            # before ITK: its NIfTI reader fills a truncated file's missing voxels with zeros without a word,
+            # and its NRRD/MHA readers say only "Error reading"
+            check_complete(path)
+            image = sitk.ReadImage(str(path))
     except VolumeError:
         raise
     except RuntimeError as exc:

@@ -2,7 +2,9 @@
 import sys
 from pathlib import Path
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -10,8 +12,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 KITS_DIR = REPO.parent / "shared" / "data" / "kits19"
-# model exports made by tests go to a throwaway cache, never the user's ~/.cache
-os.environ.setdefault("BISC_CACHE_DIR", tempfile.mkdtemp(prefix="bisc-test-cache-"))
+# model exports made by tests go to a throwaway cache, never the user's ~/.cache; removed when the run ends
+# (each run left ~14 MB in the temp folder before)
+if "BISC_CACHE_DIR" not in os.environ:
+    os.environ["BISC_CACHE_DIR"] = tempfile.mkdtemp(prefix="bisc-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["BISC_CACHE_DIR"], ignore_errors=True)
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from conftest import ...` in test modules
 
 requires_kits = pytest.mark.skipif(not (KITS_DIR / "case_00000").is_dir(),

@@ -78,6 +78,43 @@ def test_resume_after_interruption_gives_the_same_weights(kits_like, tmp_path):
         train(replace(cfg, lr=1e-3))
 
 
+@pytest.mark.slow
+def test_sigterm_saves_the_checkpoint_of_a_background_training_and_the_same_command_resumes(kits_like, tmp_path):
+    """A background job ignores SIGINT, so SIGTERM is how a scheduler or a user stops it: exit 143, checkpoint
+    written at the iteration reached (not the last multiple of --checkpoint-every), and resumable."""
+    import signal
+    import time
+
+    _, cases, cache = kits_like
+    (tmp_path / "split.json").write_text(json.dumps({"train": cases, "test": []}))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bisc_training.cli", "stage", "fine", "--cache", str(cache), "--split",
+           str(tmp_path / "split.json"), "--out", str(out), "--fine-spacing", "3,3,4", "--widths", "4,8,16,32",
+           "--epochs", "1", "--iterations", "100000", "--batch-size", "1", "--patch-size", "8,16,16",
+           "--device", "cpu", "--threads", "1", "--checkpoint-every", "100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as `cmd &` does
+    try:
+        deadline = time.time() + 120
+        while "train fine" not in (proc.stderr.readline() or "") and time.time() < deadline:
+            pass
+        time.sleep(3)  # some iterations done
+        proc.send_signal(signal.SIGINT)  # ignored, like in a background job
+        time.sleep(0.5)
+        assert proc.poll() is None
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "checkpoint saved" in err
+    reached = torch.load(out / "fine_checkpoint.pt", weights_only=True)["iteration"]
+    assert 0 < reached < 100000
+    # resuming from a checkpoint is exact (test_resume_after_interruption_gives_the_same_weights); this one is
+    # the run's own, so the same command picks it up
+    assert torch.load(out / "fine_checkpoint.pt", weights_only=True)["config"]["cases"] == cases
+
+
 def test_model_file_records_how_it_was_trained(kits_like, tmp_path):
     _, cases, cache = kits_like
     model = load_model_file(train(small_config(cache, tmp_path, cases, loss="ce")), stage="fine")
@@ -145,6 +182,37 @@ def test_fine_patches_cover_the_whole_roi_region_not_only_the_kidney(kits_like):
     wide_empty = [not s[1].any() for s in wide_patches]
     assert 0.1 < np.mean(wide_empty) < 0.95  # background near the kidney is seen too
     assert all(s[0].shape == (4, 8, 8) and s[1].shape == (4, 8, 8) for s in wide_patches)
+
+
+def test_left_right_only_mirroring_keeps_front_back_and_head_feet(kits_like):
+    """--mirror-axes x: patches are the all-axes sampler's patches with only the x flips applied (same draws)."""
+    _, cases, cache = kits_like
+    args = (cache, cases, "fine", (4, 8, 8))
+    kw = dict(fine_spacing=(3.0, 3.0, 4.0), jitter_mm=0.0)
+    plain = D.PatchSampler(*args, mirror=False, **kw)
+    only_x = D.PatchSampler(*args, mirror_axes="x", **kw)
+    seen_flip = seen_plain = False
+    for seed in range(40):
+        ref = plain.sample(np.random.default_rng(seed))[0]
+        rng = np.random.default_rng(seed)
+        got = only_x.sample(rng)[0]
+        rng2 = np.random.default_rng(seed)
+        plain.sample(rng2)            # the same position draws, then the three mirror draws of the sampler
+        flips = [rng2.random() < 0.5 for _ in range(3)]
+        assert np.array_equal(got, ref[:, :, ::-1] if flips[2] else ref)
+        assert rng.random() == rng2.random()   # one draw per axis even where the axis is not mirrored
+        seen_flip |= flips[2] and not np.array_equal(ref, ref[:, :, ::-1])
+        seen_plain |= not flips[2]
+    assert seen_flip and seen_plain
+    with pytest.raises(ValueError, match="zyx"):
+        D.PatchSampler(*args, mirror_axes="xa", **kw)
+
+
+def test_test_time_mirroring_uses_only_the_axes_the_model_was_trained_on():
+    from BiSCSegmentationLib.windows import mirror_flips
+    assert mirror_flips("zyx") == [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+    assert mirror_flips("x") == [(), (4,)]
+    assert mirror_flips("zx") == [(), (2,), (4,), (2, 4)]
 
 
 def test_patch_crop_pads_outside_the_array():

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from BiSCSegmentationLib.decision import ISLAND_FRACTION
 from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of, window_problem
+from BiSCSegmentationLib.outputs import signals_as_interrupts
 
 from . import data as D
 from .train import TrainConfig, train
@@ -38,6 +39,14 @@ def _ints(text: str) -> List[int]:
 
 def _floats(text: str) -> List[float]:
     return [float(v) for v in text.replace("x", ",").split(",") if v]
+
+
+def _mirror_axes(text: str) -> str:
+    try:
+        D.mirror_axis_numbers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return text
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
@@ -64,6 +73,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rough-patch-size", type=_ints, default=None)
     p.add_argument("--fine-patch-size", type=_ints, default=None)
     p.add_argument("--no-mirror", action="store_true", help="no random mirroring")
+    p.add_argument("--mirror-axes", type=_mirror_axes, default="zyx", metavar="AXES",
+                   help="axes mirrored at random (letters of zyx; 'x': left-right only, keeping front/back and "
+                        "head/feet as in a real scan); test-time mirroring then uses only these")
     p.add_argument("--roi-prob", type=float, default=0.33,
                    help="fine stage: share of patches placed anywhere in the ROI region (the rest centred "
                         "on kidney/tumor); teaches what is not kidney near the kidney")
@@ -213,6 +225,7 @@ def cmd_stage(args, stage: str, cache: Path, split: dict, out: Path) -> Path:
                                   "z_spacing": getattr(args, "rough_z_spacing", 3.0)},
                       inference_window=list(getattr(args, "inference_window", None)
                                             or STAGE_DEFAULTS[stage]["inference_window"]), mirror=not args.no_mirror,
+                      mirror_axes=args.mirror_axes,
                       roi_prob=args.roi_prob if stage == "fine" else 0.0, lr_schedule=args.lr_schedule,
                       prior_correction=not args.no_prior_correction, calibration_cases=args.calibration_cases,
                       seed=args.seed, device=args.device, amp=args.amp, threads=args.threads,
@@ -229,10 +242,10 @@ def cmd_stage(args, stage: str, cache: Path, split: dict, out: Path) -> Path:
     t0 = time.perf_counter()
     try:
         path = train(cfg, progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         bar.close()
         print(f"\ninterrupted: checkpoint saved in {out}; run the same command again to resume", file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(128 + getattr(exc, "signum", 2))
     bar.close()
     print(f"{stage} model: {path} (sha256 {sha256_of(path)}), {time.perf_counter() - t0:.0f} s")
     return path
@@ -372,6 +385,13 @@ def cmd_evaluate(args, split: dict, models: Path, out: Path) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM/SIGHUP (a job scheduler, a closed terminal, kill) stop a training like Ctrl-C: the checkpoint is
+    # saved first, so the same command resumes; a background job ignores SIGINT, so this is how it is stopped
+    with signals_as_interrupts():
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         if args.command == "prepare":
             cmd_prepare(args, args.cache, args.split or args.cache / "split.json")

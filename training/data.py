@@ -216,6 +216,14 @@ def load_case_arrays(folder: Path, prefix: str = "") -> Dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------ sampling
+def mirror_axis_numbers(axes: str) -> Tuple[int, ...]:
+    """Array axes (0 z, 1 y, 2 x) of a string of the letters z, y, x."""
+    bad = set(axes) - set("zyx")
+    if bad or len(set(axes)) != len(axes):
+        raise ValueError(f"mirror axes must be distinct letters of 'zyx' (e.g. 'x' or 'zyx'), got {axes!r}")
+    return tuple(i for i, a in enumerate("zyx") if a in axes)
+
+
 class PatchSampler:
     """Random training patches for one stage from the cache, deterministic given its numpy Generator.
 
@@ -225,13 +233,16 @@ class PatchSampler:
     so the network also learns what is *not* kidney there (bowel, vessels, spleen, ribs); otherwise it is
     centred on a tumor voxel (probability ``tumor_prob``) or a kidney voxel, jittered by up to
     ``jitter_mm`` (like the rough stage's localisation errors).
-    Random mirroring in three directions (paper Sec. 3.1).
+    Random mirroring in three directions (paper Sec. 3.1), or only along ``mirror_axes`` (letters of "zyx";
+    "x": left-right only, so the network keeps the anatomy's front/back and head/feet priors).
     """
 
     def __init__(self, cache_dir, cases: Sequence[str], stage: str, patch_size: Sequence[int],
                  fine_spacing=(0.78, 0.78, 3.0), tumor_prob: float = 0.5, jitter_mm: float = 25.0,
-                 mirror: bool = True, roi_prob: float = 0.0, roi_margin_mm: Sequence[float] = (45.0, 45.0, 15.0)):
+                 mirror: bool = True, roi_prob: float = 0.0, roi_margin_mm: Sequence[float] = (45.0, 45.0, 15.0),
+                 mirror_axes: str = "zyx"):
         self.stage, self.patch = stage, tuple(int(p) for p in patch_size)
+        self.mirror_axes = mirror_axis_numbers(mirror_axes)
         self.tumor_prob, self.mirror, self.roi_prob = tumor_prob, mirror, roi_prob
         self.jitter_vox = np.array([jitter_mm / s for s in fine_spacing[::-1]])
         self.roi_margin_vox = np.array([m / s for m, s in zip(roi_margin_mm, fine_spacing)])[::-1]
@@ -269,8 +280,8 @@ class PatchSampler:
         start = np.round(centre - patch / 2).astype(int)
         arrays = [_crop(a, start, patch, fill) for a, fill in ((ct, AIR_HU), (lab, 0), (ke, 0), (te, 0))]
         if self.mirror:
-            for ax in range(3):
-                if rng.random() < 0.5:
+            for ax in range(3):   # one draw per axis whichever axes mirror: the same stream as "zyx"
+                if rng.random() < 0.5 and ax in self.mirror_axes:
                     arrays = [np.flip(a, ax) for a in arrays]
         return [np.ascontiguousarray(a) for a in arrays]
 

@@ -50,6 +50,7 @@ class TrainConfig:
     rough_grid: Dict = field(default_factory=lambda: {"inplane_size": 128, "z_spacing": 3.0})
     inference_window: List[int] = field(default_factory=lambda: [128, 192, 192])
     mirror: bool = True
+    mirror_axes: str = "zyx"                     # patch axes mirrored at random when ``mirror`` ("x": left-right only)
     roi_prob: float = 0.0                        # fine: share of patches placed anywhere in the ROI region
     lr_schedule: str = "constant"                # "constant" | "poly" (nnU-Net's (1 - it/total)^0.9)
     prior_correction: bool = True                # bce: add the log class frequencies to the written model
@@ -141,6 +142,7 @@ def stage_model(cfg: TrainConfig, net: SCUNet, history: Dict, log_prior: Optiona
                                  "epochs": cfg.epochs, "iterations_per_epoch": cfg.iterations,
                                  "batch_size": cfg.batch_size, "lr": cfg.lr, "patch_size": cfg.patch_size,
                                  "seed": cfg.seed, "amp": cfg.amp,
+                                 "mirror_axes": cfg.mirror_axes if cfg.mirror else "",
                                  "roi_prob": cfg.roi_prob, "lr_schedule": cfg.lr_schedule, "cases": len(cfg.cases), **history})
     model.network = copy.deepcopy(net).cpu().eval()
     if log_prior is not None:
@@ -248,7 +250,7 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
         rng.bit_generator.state = ck["rng"][rank]
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     sampler = PatchSampler(cfg.cache_dir, cfg.cases, cfg.stage, cfg.patch_size, tuple(cfg.fine_spacing),
-                           mirror=cfg.mirror, roi_prob=cfg.roi_prob)
+                           mirror=cfg.mirror, roi_prob=cfg.roi_prob, mirror_axes=cfg.mirror_axes)
     total = cfg.total_iterations()
     lo, hi = INTENSITY["clip"]
     log_prior = label_log_prior(sampler, cfg.seed) if cfg.loss == "bce" and cfg.prior_correction else None

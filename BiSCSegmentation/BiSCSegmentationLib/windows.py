@@ -4,8 +4,9 @@ stages through :func:`sliding_window`; a backend (backends.py) supplies the ``ru
 """
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -26,15 +27,22 @@ def _starts(n: int, window: int) -> List[int]:
     return [int(round(i * (n - window) / (count - 1))) for i in range(count)]
 
 
+def mirror_flips(axes: str) -> List[Tuple[int, ...]]:
+    """Tensor dims (N, C, z, y, x) of every combination of mirrorings along ``axes`` (letters of "zyx")."""
+    dims = [2 + "zyx".index(a) for a in "zyx" if a in axes]
+    return [c for n in range(len(dims) + 1) for c in itertools.combinations(dims, n)]
+
+
 @torch.no_grad()
 def run_network(model: StageModel, x: torch.Tensor, mirror: bool, runner: Optional[Callable] = None) -> torch.Tensor:
-    """Softmax probabilities (N, C, ...) of the label branch, averaged over all 8 mirrorings if asked.
+    """Softmax probabilities (N, C, ...) of the label branch, averaged over mirrorings if asked: all 8, or
+    those along the axes the model was trained to see mirrored (``training["mirror_axes"]``, e.g. "x").
     ``runner`` (x -> label logits, from a backend) defaults to the torch network itself."""
     forward = runner or model.network.forward_labels
     if not mirror:
         return torch.softmax(forward(x), dim=1)
     acc = None
-    flips = [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]
+    flips = mirror_flips(model.training.get("mirror_axes") or "zyx")
     for dims in flips:
         xi = torch.flip(x, dims).contiguous() if dims else x
         p = torch.softmax(forward(xi), dim=1)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from BiSCSegmentationLib.outputs import Interrupted, signals_as_interrupts
 from BiSCSegmentationLib.phantom import write_kits_case
 
 from .appearance import PHASES
@@ -45,6 +46,16 @@ def main(argv=None) -> int:
         return 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        with signals_as_interrupts():   # SIGTERM/SIGINT: the case being written leaves no temporary file
+            _write_cases(a, files, out)
+    except Interrupted as exc:
+        print(f"interrupted ({exc}): the cases written so far are complete; run again to go on", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _write_cases(a, files, out: Path) -> None:
     for i in range(a.count):
         case = f"case_{a.first_index + i:05d}"
         if (out / case / "segmentation.nii.gz").is_file() and not a.force:
@@ -56,7 +67,6 @@ def main(argv=None) -> int:
         (out / case / "synthesis.json").write_text(json.dumps(rec, indent=1))
         print(f"{case}: {rec['btcv']} {rec['phase']} tumor={rec['tumor_kind']} "
               f"shape={ct.array.shape} {time.time() - t0:.1f} s", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

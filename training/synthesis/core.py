@@ -35,16 +35,16 @@ def _read_donor(path):
 
 
 def _frame(org: np.ndarray, sp: float, rng, fov: bool):
-    """Crop/pad (start, shape) in z, y, x voxels: z from above the liver dome to below the kidneys, a square
-    in-plane field of view of 340-480 mm around the body that may cut it."""
+    """Crop/pad (start, shape) in z, y, x voxels: z from 5-120 mm above the liver dome (lung bases) to 20-280 mm
+    below the kidneys (into the pelvis), a square in-plane field of view of 340-480 mm around the body that may cut it."""
     if not fov:
         return (0, 0, 0), org.shape
     nz = org.shape[0]
     z_org = np.nonzero(org.any(axis=(1, 2)))[0]
     z_kid = np.nonzero(np.isin(org, (RKID, LKID)).any(axis=(1, 2)))[0]
     z_top_org = np.nonzero(np.isin(org, (LIVER, SPLEEN)).any(axis=(1, 2)))[0]
-    top = (z_top_org.max() if z_top_org.size else z_org.max()) + rng.uniform(5, 60) / sp
-    bottom = (z_kid.min() if z_kid.size else z_org.min()) - rng.uniform(20, 200) / sp
+    top = (z_top_org.max() if z_top_org.size else z_org.max()) + rng.uniform(5, 120) / sp
+    bottom = (z_kid.min() if z_kid.size else z_org.min()) - rng.uniform(20, 280) / sp
     z0, z1 = int(max(0, bottom)), int(min(nz, top + 1))
     yy, xx = np.nonzero(org.any(axis=0))
     fov_mm = rng.uniform(340, 480)

@@ -181,3 +181,38 @@ def test_rough_cache_and_roi_score(data, tmp_path):
     box["center"] = list((lo + hi) / 2 + np.array([0, 0, 400.0]))
     (tmp_path / "r.json").write_text(json.dumps({"rois": [box]}))
     assert [k["share_inside"] for k in score_rois.score(tmp_path / "r.json", tmp_path / "k.nii.gz")["kidneys"]] == [0, 0]
+
+
+def test_body_below_the_kidneys_is_as_wide_as_the_abdomen_not_a_tube(data):
+    """BTCV labels nothing below the kidneys; the cavity there must widen to the abdomen's width (the real
+    lower abdomen and pelvis), or the rough network never sees a pelvis and fires on the real one."""
+    btcv, _, _ = data
+    _, _, _, tis = synthesize_case(btcv, 3, fov=False, return_tissues=True)
+    t = _can(tis).array
+    lab = _can(read_volume(btcv)).array
+    body = t != T["air"]
+    width = body.sum(axis=2).max(axis=1)          # widest row of body per slice (voxels along x)
+    kz = np.nonzero(np.isin(lab, (RKID, LKID)).any(axis=(1, 2)))[0]
+    organ_z = np.nonzero(lab.any(axis=(1, 2)))[0]
+    assert width[: kz.min()].min() >= 0.9 * width[organ_z].max()
+
+
+def test_pelvic_bones_iliac_wing_then_femoral_head():
+    from bisc_training.synthesis.anatomy import _pelvic_bones
+
+    Y, X = np.mgrid[-150:150:1.0, -200:200:1.0]      # 1 mm pixels
+    pel = dict(L=100.0, wing_w=9.0, femur_depth=140.0, femur_r=24.0, femur_dx=75.0, femur_dy=30.0)
+    rvx, rvy = 22.0, 16.0
+    cav = np.ones(Y.shape, bool)
+    for s_ in (-1, 1):
+        wing = np.full(Y.shape, T["fat"], np.uint8)
+        _pelvic_bones(wing, cav, X, Y, 40.0, rvx, rvy, pel, s_)
+        bone = np.argwhere(wing == T["cortical_bone"])
+        assert len(bone) and np.all(np.sign(X[wing == T["cortical_bone"]]) == s_)   # on its own side
+        head = np.full(Y.shape, T["fat"], np.uint8)
+        _pelvic_bones(head, cav, X, Y, 140.0, rvx, rvy, pel, s_)   # at the femoral head's centre
+        cx, cy = s_ * (rvx + 75.0), -30.0
+        i, j = int(cy + 150), int(cx + 200)
+        assert head[i, j] == T["cancellous_bone"]                    # marrow inside a cortical rim
+        assert head[i, j + int(s_ * 23)] == T["cortical_bone"]           # 21.5-24 mm: the cortex
+        assert not (head == T["cortical_bone"])[:, (X[0] * s_) < 0].any()   # nothing on the other side

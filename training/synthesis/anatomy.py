@@ -82,6 +82,7 @@ def build_tissues(org: np.ndarray, sp: float, rng: np.random.Generator, opts=Non
     ya = y0 - pad_ant
     yp = np.maximum(y1 + 15, ys + rvy + rng.uniform(60, 80))
     cy, b = (ya + yp) / 2, (yp - ya) / 2
+    a, b = _widen_below_kidneys(org, a, b, sp, rng)
     pw = rng.uniform(2.0, 3.0)
     tis = np.full(org.shape, T["air"], np.uint8)
     cav = np.zeros(org.shape, bool)
@@ -118,6 +119,54 @@ def build_tissues(org: np.ndarray, sp: float, rng: np.random.Generator, opts=Non
     return tis, geo
 
 
+def _widen_below_kidneys(org, a, b, sp, rng):
+    """Cavity half-axes below the kidneys: BTCV labels no organ there, so the cavity would narrow to the
+    kidneys' lower poles (a tube). Real lower abdomen and pelvis are as wide as the upper abdomen or wider
+    (hips): from the kidneys' centre down, the half-axes grow to 0.95-1.2x (left-right) and 0.85-1.05x
+    (front-back) of their largest value over the organs."""
+    kz = np.nonzero(np.isin(org, (RKID, LKID)).any(axis=(1, 2)))[0]
+    oz = np.nonzero(org.any(axis=(1, 2)))[0]
+    if not kz.size or not oz.size:
+        return a, b
+    a, b = a.copy(), b.copy()
+    a_w, b_w = float(a[oz].max()) * rng.uniform(0.95, 1.2), float(b[oz].max()) * rng.uniform(0.85, 1.05)
+    zc, zb = kz.mean(), kz.min()
+    for z in range(int(np.ceil(zc))):
+        w = float(np.clip((zc - z) / max(zc - zb + 30 / sp, 1.0), 0, 1))   # 0 at the kidneys' centre, 1 lower
+        a[z] = max(a[z], (1 - w) * a[z] + w * a_w)
+        b[z] = max(b[z], (1 - w) * b[z] + w * b_w)
+    return a, b
+
+
+def _pelvic_bones(sl, c, dx, dy, t, rvx, rvy, pel, s_):
+    """One side's iliac wing (a curved plate, cortex around marrow, thick at the crest) and, lower down,
+    acetabulum and femoral head (a ball with a cortical rim) with the femoral neck running laterally."""
+    L, wing_w, fz, fr = pel["L"], pel["wing_w"], pel["femur_depth"], pel["femur_r"]
+    ax0, ay0 = s_ * (rvx + 18), rvy + 18 - min(t, 120) * 0.25         # the sacroiliac joint moves forward
+    ux, uy = s_ * 0.85, -0.53
+    along = (dx - ax0) * ux + (dy - ay0) * uy
+    across = -(dx - ax0) * uy * s_ + (dy - ay0) * ux * s_
+    bend = 0.004 * (along - L / 2) ** 2                               # concave inside (the iliac fossa)
+    if t < fz - fr * 1.5:
+        w = wing_w * (1.6 if t < 15 else 1.0)
+        plate = (along > 0) & (along < min(25 + 1.5 * t, L)) & (np.abs(across + bend) < w / 2)
+        sl[plate & c] = T["cortical_bone"]
+        sl[plate & c & (np.abs(across + bend) < w / 2 - 2.5)] = T["cancellous_bone"]
+    hx, hy = s_ * (rvx + pel["femur_dx"]), -pel["femur_dy"]
+    dz = t - fz
+    if abs(dz) < fr:                                                  # femoral head in the acetabulum
+        r = np.sqrt(fr ** 2 - dz ** 2)
+        d = np.hypot(dx - hx, dy - hy)
+        sl[(d < r + 4) & (d >= r + 1.5) & c] = T["cortical_bone"]      # acetabular rim
+        sl[(d < r) & c] = T["cortical_bone"]
+        sl[(d < r - 2.5) & c] = T["cancellous_bone"]
+    if 0 < dz < 45:                                                   # neck and greater trochanter, lateral
+        nx_ = hx + s_ * dz * 0.9
+        d = np.hypot(dx - nx_, (dy - hy) * 1.2)
+        sl[(d < 16) & c] = T["cortical_bone"]
+        sl[(d < 13.5) & c] = T["cancellous_bone"]
+
+
 def _spine_and_muscles(tis, cav, org, sp, geo, rng):
     """Vertebral bodies with discs, posterior arch, spinous/transverse processes; psoas, erector spinae,
     quadratus lumborum (growing caudally from the kidneys' level)."""
@@ -133,6 +182,8 @@ def _spine_and_muscles(tis, cav, org, sp, geo, rng):
     tp_len = rng.uniform(30, 45)
     kbot = (kz.min() if kz.size else 0) * sp
     crest, wing_w, bl = kbot - rng.uniform(10, 50), rng.uniform(7, 11), rng.uniform(60, 120)
+    pel = dict(L=rng.uniform(90, 120), wing_w=wing_w, femur_depth=rng.uniform(120, 160),
+               femur_r=rng.uniform(21, 26), femur_dx=rng.uniform(70, 85), femur_dy=rng.uniform(15, 45))
     for z in range(nz):
         zmm = z * sp
         dx, dy = X - F32(geo["mid"][z]), Y - F32(geo["ys"][z])
@@ -151,18 +202,14 @@ def _spine_and_muscles(tis, cav, org, sp, geo, rng):
             sl[m & c] = T["back_muscle"]
         t = crest - zmm
         if t > 0:                                                   # pelvis: iliac wings, gluteal muscles, bladder
-            L = min(25 + 1.5 * t, 110)
             for s_ in (-1, 1):
-                ax0, ay0 = s_ * (rvx + 22), rvy + 20
-                ux, uy = s_ * 0.8, -0.6
-                along = (dx - ax0) * ux + (dy - ay0) * uy
-                across = -(dx - ax0) * uy + (dy - ay0) * ux
-                wing = (along > 0) & (along < L) & (np.abs(across) < wing_w / 2)
                 if t > 25:
                     glut = ((dx - s_ * (rvx + 45 + 0.2 * t)) / min(25 + 0.4 * t, 55)) ** 2 + \
                            ((dy - rvy - 30) / 28) ** 2 <= 1
                     sl[glut & c & (sl == T["fat"])] = T["back_muscle"]
-                sl[wing & c] = T["rib"]
+                    ili = ((dx - s_ * (rvx + 40)) / 22) ** 2 + ((dy - rvy + 5) / 14) ** 2 <= 1   # iliacus
+                    sl[ili & c & (sl == T["fat"])] = T["psoas"]
+                _pelvic_bones(sl, c, dx, dy, t, rvx, rvy, pel, s_)
             if t > bl:
                 blad = (dx / min(20 + 0.6 * (t - bl), 55)) ** 2 + ((dy + rvy + 45) / min(15 + 0.5 * (t - bl), 40)) ** 2
                 sl[(blad <= 1) & c & (sl == T["fat"])] = T["ureter"]     # urine (opacified when excretory)

@@ -7,7 +7,7 @@ in GDCM's order (what SimpleITK read), so each SEG frame references exactly the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -105,32 +105,34 @@ def build_dicom_seg(labels: Volume, folder, model: Optional[Dict] = None, series
         series_description="BiSC kidney and tumor (not for clinical use)", omit_empty_frames=False)
 
 
-def read_dicom_seg_labels(path) -> Tuple[np.ndarray, List[str]]:
-    """(label array [frame, row, col], referenced SOP instance UIDs per frame) of a SEG written here."""
+def source_uids(folder) -> List[str]:
+    """SOP Instance UIDs of the series' files, in the order of the label map's slices."""
+    import pydicom
+
+    return [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in series_files(folder)]
+
+
+def read_dicom_seg_labels(path, uids: Sequence[str]) -> np.ndarray:
+    """The label array [slice, row, col] of a SEG written here, one slice per source image UID in ``uids``
+    (a slice of an image the SEG does not reference is refused by highdicom)."""
     import highdicom as hd
 
     seg = hd.seg.segread(str(path))
-    uids = [uid for _, _, uid in seg.get_source_image_uids()]
-    frame_refs = []
-    for frame in seg.PerFrameFunctionalGroupsSequence:
-        ref = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        frame_refs.append(str(ref))
-    ordered = list(dict.fromkeys(frame_refs))
-    labels = seg.get_pixels_by_source_instance(source_sop_instance_uids=ordered, combine_segments=True,
-                                               skip_overlap_checks=True)
-    return np.asarray(labels), ordered if ordered else uids
+    return np.asarray(seg.get_pixels_by_source_instance(source_sop_instance_uids=list(uids), combine_segments=True,
+                                                        skip_overlap_checks=True))
 
 
 def add_dicom_seg(outputs, path, labels: Volume, folder, model: Optional[Dict] = None) -> Path:
     """Add a DICOM SEG to a set of outputs; the check reads it back and compares every voxel."""
     seg = build_dicom_seg(labels, folder, model)
     expected = np.asarray(labels.array).astype(np.uint8)
+    uids = source_uids(folder)
 
     def write(tmp: Path) -> None:
         seg.save_as(str(tmp))
 
     def verify(tmp: Path) -> None:
-        got, _ = read_dicom_seg_labels(tmp)
+        got = read_dicom_seg_labels(tmp, uids)
         if got.shape != expected.shape or not np.array_equal(got, expected):
             raise ValueError("segment voxels differ")
 
@@ -138,4 +140,4 @@ def add_dicom_seg(outputs, path, labels: Volume, folder, model: Optional[Dict] =
 
 
 __all__ = ["series_files", "series_identification", "build_dicom_seg", "add_dicom_seg", "read_dicom_seg_labels",
-           "DicomError"]
+           "source_uids", "DicomError"]

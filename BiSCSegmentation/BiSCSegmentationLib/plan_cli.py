@@ -100,6 +100,48 @@ def read_case(labels_path, ct_path=None):
     return labels, ct
 
 
+def check_planning_options(args) -> None:
+    """bisc-segment's --report / --plan-json / --dicom-seg, refused before any work when they cannot work."""
+    if getattr(args, "report", None):
+        if not args.report.lower().endswith(".pdf"):
+            raise OutputError(f"{args.report}: the report is a PDF; give a name ending in .pdf")
+        from .report import _matplotlib
+        _matplotlib()
+    if getattr(args, "plan_json", None) and not args.plan_json.lower().endswith(".json"):
+        raise OutputError(f"{args.plan_json}: the planning JSON must end in .json")
+    if getattr(args, "dicom_seg", None):
+        if not args.dicom_seg.lower().endswith(".dcm"):
+            raise OutputError(f"{args.dicom_seg}: a DICOM SEG file must end in .dcm")
+        if not Path(args.input).is_dir():
+            raise OutputError(f"--dicom-seg needs a DICOM series as input (a folder), got the file {args.input}; "
+                              f"a DICOM SEG must reference the DICOM images it was drawn on")
+        from .dicom import _require_highdicom
+        _require_highdicom()
+
+
+def add_planning_outputs(outputs: OutputSet, args, ct: Volume, labels: Volume, warnings: Sequence,
+                         model: Optional[Dict]) -> List:
+    """Add bisc-segment's planning outputs (report, planning JSON, DICOM SEG) to its set; returns the planning
+    warnings (e.g. a third kidney), which join the run's."""
+    from .planning import analyse, plan_document
+    from .quality import merge
+
+    plan = analyse(labels, ct)
+    all_warnings = merge(warnings, plan.warnings)
+    doc = plan_document(plan, args.output, args.input, identification(args.input))
+    doc["warnings"] = [w.to_dict() for w in all_warnings]
+    doc["model"] = model
+    if getattr(args, "plan_json", None):
+        outputs.add_json(args.plan_json, doc, "planning JSON")
+    if getattr(args, "report", None):
+        from .report import add_report
+        add_report(outputs, args.report, plan, doc, all_warnings, model)
+    if getattr(args, "dicom_seg", None):
+        from .dicom import add_dicom_seg
+        add_dicom_seg(outputs, args.dicom_seg, labels, args.input, model)
+    return plan.warnings
+
+
 def run_plan(args) -> Dict:
     from .planning import MIN_TUMOR_ML, analyse, plan_document
 
@@ -149,7 +191,8 @@ def plan_main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_USAGE
 
 
-__all__ = ["plan_main", "run_plan", "identification", "summary_lines", "read_case"]
+__all__ = ["plan_main", "run_plan", "identification", "summary_lines", "read_case", "add_planning_outputs",
+           "check_planning_options"]
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m BiSCSegmentationLib.plan_cli

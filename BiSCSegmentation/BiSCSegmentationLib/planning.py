@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import __version__
-from .metrics import _FULL, _bbox, _farthest_pair, _hull_indices, largest_diameter, surface_voxels
+from .metrics import _FULL, _bbox, _farthest_pair, _hull_indices, largest_diameter
 from .nephrometry import KidneyBox, renal_score, size_category
 from .quality import MIN_KIDNEY_ML, QualityWarning, WARNING
 from .volume import Volume, VolumeError, to_canonical

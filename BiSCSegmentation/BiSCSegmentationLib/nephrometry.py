@@ -72,6 +72,12 @@ class KidneyBox:
     def voxel_ml(self) -> float:
         return float(np.prod(self.spacing_kji)) / 1000.0
 
+    def lps_sample(self, mask: np.ndarray, limit: int = 200_000) -> np.ndarray:
+        """LPS positions of at most ``limit`` evenly spread voxels of ``mask`` (shares and percentiles of a
+        large structure do not need every voxel)."""
+        kji = np.argwhere(mask)
+        return self.lps(kji[:: len(kji) // limit + 1] if len(kji) > limit else kji)
+
     def lps(self, kji: np.ndarray) -> np.ndarray:
         kji = np.asarray(kji, dtype=np.float64).reshape(-1, 3)
         return kji[:, ::-1] @ self.to_lps[:3, :3].T + self.to_lps[:3, 3]
@@ -172,8 +178,8 @@ def part_n(box: KidneyBox, tumor: np.ndarray, sinus: np.ndarray) -> Tuple[int, D
 
 def part_a(box: KidneyBox, tumor: np.ndarray) -> Tuple[str, Dict]:
     """a / p / x from the coronal plane through the parenchyma's centroid (LPS y grows posterior)."""
-    y_kidney = float(box.lps(np.argwhere(box.labels == 1).mean(axis=0))[0][1])
-    y = box.lps(np.argwhere(tumor))[:, 1]
+    y_kidney = float(box.lps(np.array(ndimage.center_of_mass(box.labels == 1)))[0][1])
+    y = box.lps_sample(tumor)[:, 1]
     anterior = float(np.mean(y < y_kidney))
     a = "a" if anterior >= SIDE_SHARE else "p" if anterior <= 1 - SIDE_SHARE else "x"
     return a, {"anterior_share": round(anterior, 3), "coronal_plane_y_lps_mm": round(y_kidney, 2)}
@@ -181,10 +187,7 @@ def part_a(box: KidneyBox, tumor: np.ndarray) -> Tuple[str, Dict]:
 
 def _long_axis(box: KidneyBox) -> np.ndarray:
     """Unit vector (LPS) of the parenchyma's first principal axis, pointing superior."""
-    kji = np.argwhere(box.labels == 1)
-    if len(kji) > 200_000:
-        kji = kji[:: len(kji) // 200_000 + 1]
-    xyz = box.lps(kji)
+    xyz = box.lps_sample(box.labels == 1)
     _, _, vt = np.linalg.svd(xyz - xyz.mean(axis=0), full_matrices=False)
     axis = vt[0]
     return -axis if axis[2] < 0 else axis
@@ -193,9 +196,9 @@ def _long_axis(box: KidneyBox) -> np.ndarray:
 def part_l(box: KidneyBox, tumor: np.ndarray, sinus: np.ndarray) -> Tuple[int, Dict]:
     """Position against the polar lines (where the sinus starts and ends along the kidney's long axis)."""
     axis = _long_axis(box)
-    s = box.lps(np.argwhere(sinus)) @ axis
+    s = box.lps_sample(sinus) @ axis
     lower, upper = (float(v) for v in np.percentile(s, POLAR_PERCENTILES))
-    t = box.lps(np.argwhere(tumor)) @ axis
+    t = box.lps_sample(tumor) @ axis
     between = float(np.mean((t >= lower) & (t <= upper)))
     mid = 0.5 * (lower + upper)
     crosses_mid = bool(t.min() < mid < t.max())

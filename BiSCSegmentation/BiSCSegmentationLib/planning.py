@@ -28,6 +28,7 @@ PLAN_VERSION = 1
 MIN_TUMOR_ML = 0.5            # tumors listed one by one from this size (a 10 mm sphere is 0.52 mL)
 RESECTION_MARGIN_MM = 5.0     # remaining parenchyma: parenchyma farther than this from any tumor of the kidney
 BODY_HU = -500.0              # CT voxels above this are the patient (for the midline)
+CONTEXT_MM = 40.0             # what is kept around the kidneys (the report's images show it)
 _FACE2D = ndimage.generate_binary_structure(2, 1)
 
 
@@ -68,7 +69,28 @@ class Plan:
         return self.canonical.physical_to_index(np.asarray(lps, dtype=np.float64))[::-1]
 
 
-def _midline(canon: Volume, ct: Optional[Volume]) -> Tuple[float, str]:
+def _crop_box(labels: Volume, margin_mm: float) -> Optional[Tuple[slice, slice, slice]]:
+    """The bounding box [k, j, i] of the foreground grown by ``margin_mm`` (None: nothing to crop to)."""
+    a = np.asarray(labels.array)
+    rows = a.any(axis=(1, 2))                 # two passes over the array, no full-size temporary
+    if not rows.any():
+        return None
+    first, last = int(np.flatnonzero(rows)[0]), int(np.flatnonzero(rows)[-1]) + 1
+    box = (slice(first, last),) + _bbox(a[first:last].any(axis=0)[None])[1:]
+    grow = [int(math.ceil(margin_mm / s)) for s in labels.spacing[::-1]]
+    return tuple(slice(max(0, b.start - g), min(n, b.stop + g)) for b, g, n in zip(box, grow, a.shape))
+
+
+def crop(volume: Optional[Volume], box) -> Optional[Volume]:
+    """A sub-volume [k, j, i] with the origin moved so that every voxel keeps its patient position."""
+    if volume is None or box is None:
+        return volume
+    start = np.array([b.start for b in box][::-1], dtype=float)          # (i, j, k)
+    return Volume(np.ascontiguousarray(volume.array[box]), volume.spacing, tuple(volume.index_to_physical(start)),
+                  volume.direction)
+
+
+def _midline(volume: Volume, ct: Optional[Volume]) -> Tuple[float, str]:
     """LPS x of the patient's midline: the body's centre in the CT when there is one, else the image's centre
     (a CT's field of view is centred on the patient; a label map alone says nothing else)."""
     if ct is not None:
@@ -78,9 +100,9 @@ def _midline(canon: Volume, ct: Optional[Volume]) -> Tuple[float, str]:
         if len(body):
             kji = body * np.array([step, 4, 4])
             return float(ct.index_to_physical(kji[:, ::-1].astype(float))[:, 0].mean()), "body centre in the CT"
-    corners = np.array([[i, j, k] for i in (0, canon.size_ijk[0] - 1) for j in (0, canon.size_ijk[1] - 1)
-                        for k in (0, canon.size_ijk[2] - 1)], dtype=float)
-    return float(canon.index_to_physical(corners)[:, 0].mean()), "centre of the image (no CT given)"
+    corners = np.array([[i, j, k] for i in (0, volume.size_ijk[0] - 1) for j in (0, volume.size_ijk[1] - 1)
+                        for k in (0, volume.size_ijk[2] - 1)], dtype=float)
+    return float(volume.index_to_physical(corners)[:, 0].mean()), "centre of the image (no CT given)"
 
 
 def _side(x: float, midline: float) -> str:
@@ -140,10 +162,12 @@ def analyse(labels: Volume, ct: Optional[Volume] = None, min_tumor_ml: float = M
     if ct is not None and not ct.same_grid(labels):
         raise VolumeError("the CT and the label map are on different voxel grids (size, spacing, origin or "
                           "direction differ); give the CT the label map was made from")
-    canon, _ = to_canonical(labels)
-    ct_canon = to_canonical(ct)[0] if ct is not None else None
+    midline = _midline(labels, ct)
+    box = _crop_box(labels, CONTEXT_MM)   # a whole CT's grid is mostly empty: reorient only the kidneys' region
+    canon, _ = to_canonical(crop(labels, box))
+    ct_canon = to_canonical(crop(ct, box))[0] if ct is not None else None
     plan = Plan(labels, canon, ct_canon)
-    plan.midline_x_lps, plan.midline_from = _midline(canon, ct)
+    plan.midline_x_lps, plan.midline_from = midline
     a = canon.array
     sp = np.asarray(canon.spacing[::-1], dtype=np.float64)          # (k, j, i)
     voxel_ml = canon.voxel_volume_ml
@@ -170,8 +194,8 @@ def analyse(labels: Volume, ct: Optional[Volume] = None, min_tumor_ml: float = M
     kidneys: Dict[int, Dict] = {}
     for n in kidney_ids:
         kb, start = box_of(n)
-        c_lps = kb.lps(np.argwhere(kb.labels > 0).mean(axis=0))[0]
-        x_lps = kb.lps(np.argwhere(kb.labels > 0)[:: 7])[:, 0]
+        c_lps = kb.lps(np.array(ndimage.center_of_mass(kb.labels > 0)))[0]
+        x_lps = kb.lps_sample(kb.labels > 0)[:, 0]
         fused = min(np.mean(x_lps > plan.midline_x_lps), np.mean(x_lps < plan.midline_x_lps)) > 0.25
         kidneys[n] = {"box": kb, "start": start, "centroid": c_lps, "fused": bool(fused), "cache": {},
                       "doc": {"side": "both (fused)" if fused else _side(c_lps[0], plan.midline_x_lps),

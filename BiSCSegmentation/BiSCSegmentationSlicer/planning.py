@@ -13,6 +13,7 @@ the R.E.N.A.L. nephrometry parts, from :func:`BiSCSegmentationLib.planning.analy
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
 import tempfile
@@ -30,6 +31,7 @@ COLUMNS = ("Segment", "Side", "Volume (mL)", "Largest diameter (mm)", "Tumor/kid
            "Axial diameter (mm)", "Size category", "R", "E", "N", "A", "L", "R.E.N.A.L. score")
 TABLE_ATTRIBUTE = "BiSCSegmentation.Planning"
 LINE_ATTRIBUTE = "BiSCSegmentation.DiameterOf"   # on a diameter line markup: the segmentation node's ID
+_PLAN_CACHE: dict = {}                            # the last label map's nephrometry (see add_nephrometry)
 MIN_LESION_ML = 0.5   # separate tumors listed one by one from this size (a 10 mm sphere is 0.52 mL)
 
 
@@ -134,7 +136,13 @@ def add_nephrometry(rows: List[PlanningRow], ref, kidneys, tumors) -> None:
     for _, mask in tumors:
         labels[mask] = 2
     smallest = min(r.component_ml for r in wanted) * 0.999   # only the tumors the table lists (not every speck)
-    plan = analyse(Volume(labels, ref.spacing, ref.origin, ref.direction), min_tumor_ml=smallest)
+    key = (hashlib.blake2b(labels.tobytes(), digest_size=16).hexdigest(), ref.spacing, ref.origin,
+           ref.direction.tobytes(), round(smallest, 6))
+    plan = _PLAN_CACHE.get(key)
+    if plan is None:   # the table is refreshed more often than the segments change: measure each state once
+        plan = analyse(Volume(labels, ref.spacing, ref.origin, ref.direction), min_tumor_ml=smallest)
+        _PLAN_CACHE.clear()
+        _PLAN_CACHE[key] = plan
     if not plan.tumors:
         return
     centres = np.array([t["centroid_lps"] for t in plan.tumors])

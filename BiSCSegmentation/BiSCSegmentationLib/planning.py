@@ -51,8 +51,9 @@ def check_labels(labels: Volume, name: str = "label map") -> Volume:
 
 @dataclass
 class Plan:
-    """The measurements of one label map; ``canonical`` is the label map in canonical orientation (the arrays
-    the report draws), ``ct_canonical`` the CT on the same grid when one was given."""
+    """The measurements of one label map; ``canonical`` is the kidneys' region of the label map (40 mm around
+    the foreground) in canonical orientation, the arrays the report draws; ``ct_canonical`` the CT on the same
+    grid when one was given."""
 
     labels: Volume
     canonical: Volume

@@ -74,7 +74,7 @@ def summary_page(Figure, doc: Dict, warnings: Sequence, model: Optional[Dict], p
                  _fmt(k["remaining_parenchyma_ml"]), str(k["tumor_count"])] for n, k in enumerate(doc["kidneys"], 1)]
     fig.text(0.06, 0.74, "Kidneys (mL)", fontsize=9, weight="bold")
     _table(fig.add_axes([0.06, 0.62, 0.88, 0.11]),
-           ["#", "side", "with tumor", "parenchyma", "tumor", "remaining parenchyma*", "tumors"], kid_rows)
+           ["#", "side", "with tumor", "parenchyma", "tumor", "remaining*", "tumors"], kid_rows)
     tum_rows = []
     for t in doc["tumors"]:
         r = t.get("renal") or {}

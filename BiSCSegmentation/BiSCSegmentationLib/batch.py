@@ -32,7 +32,7 @@ CSV_COLUMNS = ("case", "status", "input", "kidney_ml", "tumor_ml", "right_kidney
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bisc-segment --batch", description=__doc__.split("\n\n")[1],
                                 epilog="Every other option (--model, --rough-model/--fine-model, --device, --backend, "
-                                       "--mirror, --strict, ...) is passed to each case's bisc-segment run.")
+                                       "--mirror, ...) is passed to each case's bisc-segment run.")
     p.add_argument("input_dir", help="folder of cases (image files and/or DICOM series folders)")
     p.add_argument("output_dir", help="folder for the results, one sub-folder per case")
     p.add_argument("--report", action="store_true", help="also write report.pdf for each case")

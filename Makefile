@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= test,slicer,fast
+EXTRAS ?= test,slicer,fast,report,dicom
 
 .PHONY: demo test venv clean-venv
 venv: $(VENV)/.installed

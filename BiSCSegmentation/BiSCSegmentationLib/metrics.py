@@ -223,31 +223,44 @@ def volume_ml(mask, spacing: Optional[Sequence[float]] = None) -> float:
     return float(np.count_nonzero(m)) * float(np.prod(s)) / 1000.0
 
 
-def _max_pairwise(points: np.ndarray, chunk: int = 256) -> float:
-    best = 0.0
+def _farthest_pair(points: np.ndarray, chunk: int = 256) -> Tuple[float, int, int]:
+    """(distance, index a, index b) of the two farthest of (N, D) points (N >= 1)."""
+    best, pair = -1.0, (0, 0)
     for start in range(0, len(points), chunk):
         block = points[start:start + chunk]
         d2 = ((block[:, None, :] - points[None, :, :]) ** 2).sum(-1)
-        best = max(best, float(d2.max()))
-    return math.sqrt(best)
+        flat = int(np.argmax(d2))
+        if float(d2.flat[flat]) > best:
+            best = float(d2.flat[flat])
+            pair = (start + flat // len(points), flat % len(points))
+    return math.sqrt(max(best, 0.0)), pair[0], pair[1]
+
+
+def _max_pairwise(points: np.ndarray, chunk: int = 256) -> float:
+    return _farthest_pair(points, chunk)[0]
 
 
 def _hull_points(points: np.ndarray) -> np.ndarray:
     """Vertices of the convex hull of (N, 3) points, robust to collinear/coplanar/tiny sets (no qhull errors)."""
+    return points[_hull_indices(points)]
+
+
+def _hull_indices(points: np.ndarray) -> np.ndarray:
+    """Indices of (N, D) points that include every convex hull vertex (all of them for tiny or degenerate sets)."""
     if len(points) <= 64:
-        return points
+        return np.arange(len(points))
     centred = points - points.mean(axis=0)
     _, sv, vt = np.linalg.svd(centred, full_matrices=False)
     rank = int(np.count_nonzero(sv > 1e-9 * max(1.0, sv[0])))
     if rank <= 1:   # collinear: the two extremes along the line
         t = centred @ vt[0]
-        return points[[int(np.argmin(t)), int(np.argmax(t))]]
+        return np.array([int(np.argmin(t)), int(np.argmax(t))])
     from scipy.spatial import ConvexHull, QhullError
     coords = centred @ vt[:rank].T   # 2D when flat: qhull fails on coplanar 3D input
     try:
-        return points[ConvexHull(coords).vertices]
+        return np.asarray(ConvexHull(coords).vertices)
     except QhullError:  # pragma: no cover - degenerate beyond the rank test; fall back to all points
-        return points
+        return np.arange(len(points))
 
 
 def largest_diameter_mm(mask, spacing: Optional[Sequence[float]] = None, direction=None) -> float:
@@ -258,15 +271,27 @@ def largest_diameter_mm(mask, spacing: Optional[Sequence[float]] = None, directi
     Volume order (i, j, k), or taken from a Volume passed as ``mask``. Note it measures centre to centre, so
     it is one voxel shorter than the outer extent along an axis (RECIST measures on the image the same way).
     """
+    return largest_diameter(mask, spacing, direction)[0]
+
+
+def largest_diameter(mask, spacing: Optional[Sequence[float]] = None,
+                     direction=None) -> Tuple[float, Optional[Tuple[float, float, float]],
+                                              Optional[Tuple[float, float, float]]]:
+    """:func:`largest_diameter_mm` with its two end points, as continuous (i, j, k) voxel indices (so that a
+    viewer can draw the line: map them with ``Volume.index_to_physical``); (0.0, None, None) when empty."""
     m, s, d = _geometry(mask, spacing, direction)
     box = _bbox(m)
     if box is None:
-        return 0.0
+        return 0.0, None, None
     kji = np.argwhere(surface_voxels(m[box])) + np.array([b.start for b in box])
     if len(kji) < 2:
-        return 0.0
-    xyz = kji[:, ::-1].astype(np.float64) @ (d @ np.diag(s)).T
-    return _max_pairwise(_hull_points(xyz))
+        ijk = tuple(float(v) for v in kji[0][::-1])
+        return 0.0, ijk, ijk
+    ijk = kji[:, ::-1].astype(np.float64)
+    xyz = ijk @ (d @ np.diag(s)).T
+    hull = _hull_indices(xyz)
+    dist, a, b = _farthest_pair(xyz[hull])
+    return dist, tuple(float(v) for v in ijk[hull[a]]), tuple(float(v) for v in ijk[hull[b]])
 
 
 def tumor_components(labels, spacing: Optional[Sequence[float]] = None, direction=None,
@@ -314,4 +339,5 @@ def tumor_components(labels, spacing: Optional[Sequence[float]] = None, directio
 
 
 __all__ = ["dice", "kits19_case_scores", "surface_voxels", "surface_distances", "surface_dice", "surface_dices",
-           "case_metrics", "roi_containment", "tolerance_label", "volume_ml", "largest_diameter_mm", "tumor_components"]
+           "case_metrics", "roi_containment", "tolerance_label", "volume_ml", "largest_diameter_mm", "largest_diameter",
+           "tumor_components"]

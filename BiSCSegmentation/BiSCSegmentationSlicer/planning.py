@@ -7,15 +7,18 @@ has the diameter of the segment's largest tumor, so that specks do not stretch i
 tumor-to-kidney volume ratio (tumor volume / kidney segment volume; the kidney segment does not include the
 tumor). Computed with :mod:`BiSCSegmentationLib.metrics` on the segments resampled onto the CT's grid, shown
 in a table node, exported as CSV, and recomputed when the segmentation changes (:class:`PlanningObserver`).
+Per tumor also: the largest axial diameter (drawn as a line markup on its slice), the AJCC size category and
+the R.E.N.A.L. nephrometry parts, from :func:`BiSCSegmentationLib.planning.analyse` (docs/planning.md).
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -24,8 +27,11 @@ from BiSCSegmentationLib.volume import make_readable_like_new_file
 from . import terminology as term
 from .scene import SceneContext, SceneError, place_beside
 
-COLUMNS = ("Segment", "Side", "Volume (mL)", "Largest diameter (mm)", "Tumor/kidney volume ratio")
+COLUMNS = ("Segment", "Side", "Volume (mL)", "Largest diameter (mm)", "Tumor/kidney volume ratio",
+           "Axial diameter (mm)", "Size category", "R", "E", "N", "A", "L", "R.E.N.A.L. score")
 TABLE_ATTRIBUTE = "BiSCSegmentation.Planning"
+LINE_ATTRIBUTE = "BiSCSegmentation.DiameterOf"   # on a diameter line markup: the segmentation node's ID
+_PLAN_CACHE: dict = {}                            # the last label map's nephrometry (see add_nephrometry)
 MIN_LESION_ML = 0.5   # separate tumors listed one by one from this size (a 10 mm sphere is 0.52 mL)
 
 
@@ -36,12 +42,28 @@ class PlanningRow:
     volume_ml: float
     largest_diameter_mm: float = math.nan
     tumor_kidney_ratio: float = math.nan
+    axial_diameter_mm: float = math.nan
+    size_category: str = ""
+    renal: Optional[Dict] = None                          # the core's R.E.N.A.L. dict (parts, score, raw)
+    axial_endpoints_lps: Optional[List[List[float]]] = None
+    centroid_lps: Optional[Tuple[float, float, float]] = None   # of the tumor the row measures (for matching)
+    component_ml: float = math.nan                               # and its volume
 
     def cells(self, digits: int = 1) -> List[str]:
         def f(v, d):
             return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
         return [self.segment, self.side, f(self.volume_ml, digits), f(self.largest_diameter_mm, digits),
-                f(self.tumor_kidney_ratio, 3)]
+                f(self.tumor_kidney_ratio, 3), f(self.axial_diameter_mm, digits), self.size_category] + \
+            renal_cells(self.renal)
+
+
+def renal_cells(renal: Optional[Dict]) -> List[str]:
+    """R, E, N, A, L and the score as shown: empty for a row without a tumor, "n/c" for a part not computed
+    (the reason is in the planning JSON and docs/planning.md)."""
+    if not renal:
+        return [""] * 6
+    return ["n/c" if renal.get(k) is None else str(renal[k]) for k in ("R", "E", "N", "A", "L")] + \
+        ["n/c" if renal.get("score") is None else f"{renal['score']} ({renal['complexity']})"]
 
 
 def compute_rows(ctx: SceneContext, seg_node, reference, min_lesion_ml: float = MIN_LESION_ML) -> List[PlanningRow]:
@@ -77,15 +99,59 @@ def compute_rows(ctx: SceneContext, seg_node, reference, min_lesion_ml: float = 
             lesions = [t for t in found if t["volume_ml"] >= min_lesion_ml]
             if len(lesions) <= 1:   # one tumor listed: the largest tumor's diameter (specks do not stretch it)
                 d = float(found[0]["largest_diameter_mm"]) if found else math.nan
-                rows.append(PlanningRow(name, label, v, d, ratio))
+                rows.append(PlanningRow(name, label, v, d, ratio, centroid_lps=_centroid(ref, found[:1]),
+                                        component_ml=float(found[0]["volume_ml"]) if found else math.nan))
                 continue
             rows.append(PlanningRow(name, label, v, math.nan, ratio))   # several tumors: one line each
             for n, lesion in enumerate(lesions, start=1):
                 rows.append(PlanningRow(f"{name} {n}", label, float(lesion["volume_ml"]),
-                                        float(lesion["largest_diameter_mm"])))
+                                        float(lesion["largest_diameter_mm"]), centroid_lps=_centroid(ref, [lesion]),
+                                        component_ml=float(lesion["volume_ml"])))
     for name, mask in others:
         rows.append(PlanningRow(name, "", volume_ml(mask, ref.spacing)))
+    add_nephrometry(rows, ref, [m for side in per_side.values() for m in side["kidney"]],
+                    [m for side in per_side.values() for m in side["tumor"]])
     return rows
+
+
+def _centroid(ref, found) -> Optional[Tuple[float, float, float]]:
+    if not found:
+        return None
+    return tuple(float(v) for v in ref.index_to_physical(np.asarray(found[0]["centroid_ijk"], dtype=float)))
+
+
+def add_nephrometry(rows: List[PlanningRow], ref, kidneys, tumors) -> None:
+    """Fill each tumor row's axial diameter, size category and R.E.N.A.L. parts from the core's analysis of
+    the kidney and tumor segments (as one label map on the CT's grid); rows are matched to the core's tumors
+    by their centroids."""
+    from BiSCSegmentationLib.planning import analyse
+    from BiSCSegmentationLib.volume import Volume
+
+    wanted = [r for r in rows if r.centroid_lps is not None]
+    if not wanted:
+        return
+    labels = np.zeros(ref.array.shape, np.uint8)
+    for _, mask in kidneys:
+        labels[mask] = 1
+    for _, mask in tumors:
+        labels[mask] = 2
+    smallest = min(r.component_ml for r in wanted) * 0.999   # only the tumors the table lists (not every speck)
+    key = (hashlib.blake2b(labels.tobytes(), digest_size=16).hexdigest(), ref.spacing, ref.origin,
+           ref.direction.tobytes(), round(smallest, 6))
+    plan = _PLAN_CACHE.get(key)
+    if plan is None:   # the table is refreshed more often than the segments change: measure each state once
+        plan = analyse(Volume(labels, ref.spacing, ref.origin, ref.direction), min_tumor_ml=smallest)
+        _PLAN_CACHE.clear()
+        _PLAN_CACHE[key] = plan
+    if not plan.tumors:
+        return
+    centres = np.array([t["centroid_lps"] for t in plan.tumors])
+    for row in wanted:
+        t = plan.tumors[int(np.argmin(np.linalg.norm(centres - np.asarray(row.centroid_lps), axis=1)))]
+        row.axial_diameter_mm = float(t["diameter_axial_mm"])
+        row.size_category = t["size_category"] or ""
+        row.renal = t["renal"]
+        row.axial_endpoints_lps = t["diameter_axial_endpoints_lps"]
 
 
 def table_name(seg_node) -> str:
@@ -125,7 +191,38 @@ def update_table(ctx: SceneContext, seg_node, reference, rows: Optional[List[Pla
     table.Modified()
     node.Modified()
     node.EndModify(was)
+    update_diameter_lines(ctx, seg_node, rows)
     return node
+
+
+def diameter_lines(ctx: SceneContext, seg_node) -> Dict[str, object]:
+    """{row name: line markup node} of the segmentation's diameter lines."""
+    return {n.GetAttribute(LINE_ATTRIBUTE + ".Row"): n for n in ctx.nodes_by_class("vtkMRMLMarkupsLineNode")
+            if seg_node is not None and n.GetAttribute(LINE_ATTRIBUTE) == seg_node.GetID()}
+
+
+def update_diameter_lines(ctx: SceneContext, seg_node, rows: List[PlanningRow]) -> None:
+    """One line markup per tumor row along its largest axial diameter (both ends on the tumor's slice, so it
+    shows on the axial view), named with its length; lines of tumors that are gone are removed."""
+    existing = diameter_lines(ctx, seg_node)
+    keep = set()
+    for row in rows:
+        if not row.axial_endpoints_lps:
+            continue
+        keep.add(row.segment)
+        node = existing.get(row.segment)
+        if node is None:
+            node = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode")
+            node.SetAttribute(LINE_ATTRIBUTE, seg_node.GetID())
+            node.SetAttribute(LINE_ATTRIBUTE + ".Row", row.segment)
+        node.SetName(f"{row.segment} axial diameter {row.axial_diameter_mm:.1f} mm")
+        node.RemoveAllControlPoints()
+        for lps in row.axial_endpoints_lps:
+            node.AddControlPoint(float(-lps[0]), float(-lps[1]), float(lps[2]))   # LPS -> RAS
+        node.SetLocked(True)
+    for name, node in existing.items():
+        if name not in keep:
+            ctx.remove(node)
 
 
 def table_rows(table_node) -> List[List[str]]:

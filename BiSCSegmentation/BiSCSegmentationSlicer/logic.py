@@ -25,6 +25,7 @@ from .worker import ProcessJob, Status, ThreadJob, make_request
 NO_KIDNEY_MESSAGE = ("No kidney was found in this CT. Add an ROI by hand around each kidney (\"Add ROI\", then "
                      "move and resize it in the slice views) and press \"Segment kidneys\".")
 CANCELLED_MESSAGE = "Cancelled. Nothing was changed."
+CLOSED_MESSAGE = "The CT was closed or removed while the run was going; nothing was added to the scene."
 # the quality warnings of the run that wrote a segmentation travel with it (JSON list of code/severity/message)
 WARNINGS_ATTRIBUTE = "BiSCSegmentation.QualityWarnings"
 PLAIN_ERRORS = ("ModelFileError", "VolumeError", "ROIError", "ValueError", "SceneError", "FileNotFoundError")
@@ -54,6 +55,7 @@ class Run:
     ct: object
     job: object
     rois: list = field(default_factory=list)
+    roi_mode: str = "keep"      # locate: what happens to ROIs the user edited (rois.replace_rois)
 
 
 def warnings_text(warnings: Sequence) -> str:
@@ -100,6 +102,12 @@ class BiSCLogic:
         self.ctx, self.runner, self.python = ctx, runner, python
         self.observers = {}
         self.min_lesion_ml = planning.MIN_LESION_ML   # planning: separate tumors listed from this size
+        self.active: List[Run] = []                    # runs started and not finished or cancelled
+        import slicer
+
+        # closing the scene (File > Close Scene, loading another scene) cancels what runs on it
+        self._scene_tag = ctx.scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent,
+                                                lambda caller, event: self.cancel_all())
 
     # ----------------------------------------------------------------------------------------- inputs
     def ct(self, volume_node):
@@ -129,16 +137,34 @@ class BiSCLogic:
                                options.min_component_ml, rois, options.keep_small_tumors, options.roi_growth,
                                options.plain_tumor_borders)
         job = ThreadJob(request, ct) if self.runner == "thread" else ProcessJob(request, ct, python=self.python)
-        return Run(task, volume_node, ct, job.start(), list(rois))
+        run = Run(task, volume_node, ct, job.start(), list(rois))
+        self.active.append(run)
+        return run
 
-    @staticmethod
-    def _check(run: Run, status: Status, task: str) -> dict:
+    def cancel(self, run: Run) -> List[int]:
+        """Stop a run (the process tree is ended, see worker.ProcessJob.cancel); PIDs left alive, if any."""
+        if run in self.active:
+            self.active.remove(run)
+        return run.job.cancel()
+
+    def cancel_all(self) -> List[int]:
+        """Cancel every active run (scene close, module reload, application exit)."""
+        survivors = []
+        for run in list(self.active):
+            survivors += self.cancel(run)
+        return survivors
+
+    def _check(self, run: Run, status: Status, task: str) -> dict:
         if run.task != task:
             raise ValueError(f"this is a {run.task} run, not a {task} run")
         if not status.finished:
             raise ValueError("the run has not finished yet")
+        if run in self.active:
+            self.active.remove(run)
         if status.state != "done":
             raise WorkflowError(error_message(status))
+        if run.volume_node is None or not self.ctx.scene.IsNodePresent(run.volume_node):
+            raise WorkflowError(CLOSED_MESSAGE)
         return status.result
 
     # ----------------------------------------------------------------------------------------- locate
@@ -235,9 +261,14 @@ class BiSCLogic:
         return planning.write_csv(self.planning_rows(seg_node, volume_node), path)
 
     def close(self) -> None:
+        """Cancel active runs and stop observing (module reload, application exit)."""
+        self.cancel_all()
         for obs in self.observers.values():
             obs.close()
         self.observers = {}
+        if self._scene_tag is not None:
+            self.ctx.scene.RemoveObserver(self._scene_tag)
+            self._scene_tag = None
 
     # ------------------------------------------------------------------------------------ synchronous
     def locate(self, volume_node, options: Options, timeout: Optional[float] = None):

@@ -168,24 +168,42 @@ class BiSCLogic:
         return status.result
 
     # ----------------------------------------------------------------------------------------- locate
-    def start_locate(self, volume_node, options: Options) -> Run:
-        """Rough stage in the background."""
-        return self._start("locate", volume_node, options)
+    def start_locate(self, volume_node, options: Options, roi_mode: str = "keep") -> Run:
+        """Rough stage in the background. ``roi_mode`` says what happens to ROIs the person edited when the
+        result arrives (rois.replace_rois: "keep" them, the default, or "replace" them; ask first with
+        :meth:`edited_rois`)."""
+        if roi_mode not in roi_nodes.ROI_MODES:
+            raise ValueError(f"roi_mode must be one of {roi_nodes.ROI_MODES}")
+        run = self._start("locate", volume_node, options)
+        run.roi_mode = roi_mode
+        return run
 
     def finish_locate(self, run: Run, status: Status):
         """ROI nodes + rough preview from a finished locate run; raises WorkflowError when nothing was found
         (the preview is still shown)."""
         result = self._check(run, status, "locate")
-        return self.apply_rough(run.volume_node, result["mask"], result["rois"], ct=run.ct)
+        return self.apply_rough(run.volume_node, result["mask"], result["rois"], ct=run.ct, mode=run.roi_mode)
 
-    def apply_rough(self, volume_node, mask: np.ndarray, rois: List, ct=None):
-        """Show a rough result: translucent preview and one ROI node per kidney (replacing earlier ones)."""
+    def edited_rois(self, volume_node) -> list:
+        """ROI nodes moved, resized or renamed since Locate made them, or added by hand (kept by Locate)."""
+        return roi_nodes.edited_rois(self.ctx, volume_node)
+
+    def watch_rois(self, volume_node, on_change) -> roi_nodes.ROIWatcher:
+        """Call ``on_change()`` on every change of the volume's ROI nodes (the panel's list follows)."""
+        return roi_nodes.ROIWatcher(self.ctx, volume_node, on_change)
+
+    def apply_rough(self, volume_node, mask: np.ndarray, rois: List, ct=None, mode: str = "keep"):
+        """Show a rough result: translucent preview and one ROI node per kidney (the person's edited ROIs are
+        kept unless ``mode`` is "replace"; "ask" raises rois.ROIsEdited before anything changes)."""
         ct = ct if ct is not None else self.ct(volume_node)
         mid = roi_nodes.midline_x(volume_node, ct)
+        if mode == "ask" and self.edited_rois(volume_node):
+            raise roi_nodes.ROIsEdited(self.edited_rois(volume_node))
         preview = segs.write_preview(self.ctx, volume_node, mask)
-        nodes = roi_nodes.replace_rois(self.ctx, volume_node, rois)
+        nodes = roi_nodes.replace_rois(self.ctx, volume_node, rois, mode=mode)
         for node in nodes:
             roi_nodes.update_side(node, mid)
+            roi_nodes.mark_located(node)       # named by side now: that is the box and name Locate made
         if not rois:
             raise WorkflowError(NO_KIDNEY_MESSAGE)
         return nodes, preview

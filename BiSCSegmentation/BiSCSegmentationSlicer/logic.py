@@ -247,8 +247,13 @@ class BiSCLogic:
 
     def apply_labels(self, volume_node, labels: np.ndarray, rois: List, mode: str = "ask", ct=None):
         ct = ct if ct is not None else self.ct(volume_node)
-        node = segs.write_output(self.ctx, volume_node, ct.with_array(np.asarray(labels, np.uint8)), rois,
-                                 roi_nodes.midline_x(volume_node, ct), mode=mode)
+        import contextlib
+
+        with contextlib.ExitStack() as stack:     # the table is updated once, below, not per written segment
+            for obs in self.observers.values():
+                stack.enter_context(obs.paused())
+            node = segs.write_output(self.ctx, volume_node, ct.with_array(np.asarray(labels, np.uint8)), rois,
+                                     roi_nodes.midline_x(volume_node, ct), mode=mode)
         preview = segs.find_preview(self.ctx, volume_node)
         if preview is not None and preview.GetDisplayNode() is not None:
             preview.GetDisplayNode().SetVisibility(False)
@@ -261,6 +266,13 @@ class BiSCLogic:
     # --------------------------------------------------------------------------------------- planning
     def update_planning(self, seg_node, volume_node):
         return planning.update_table(self.ctx, seg_node, volume_node, min_lesion_ml=self.min_lesion_ml)
+
+    def planning_table(self, seg_node, volume_node):
+        """The segmentation's planning table, computed only when it is not current (showing a result that
+        was just written does not compute it again)."""
+        if planning.is_current(self.ctx, seg_node, volume_node, self.min_lesion_ml):
+            return planning.find_table(self.ctx, seg_node)
+        return self.update_planning(seg_node, volume_node)
 
     def planning_rows(self, seg_node, volume_node):
         return planning.compute_rows(self.ctx, seg_node, volume_node, self.min_lesion_ml)

@@ -5,8 +5,15 @@ voxels, as RECIST measures) and, when a segment holds several separate tumors of
 one line per tumor with its own volume and diameter (the segment's line then has no diameter; otherwise it
 has the diameter of the segment's largest tumor, so that specks do not stretch it). Per side: the
 tumor-to-kidney volume ratio (tumor volume / kidney segment volume; the kidney segment does not include the
-tumor). Computed with :mod:`BiSCSegmentationLib.metrics` on the segments resampled onto the CT's grid, shown
-in a table node, exported as CSV, and recomputed when the segmentation changes (:class:`PlanningObserver`).
+tumor). Computed with :mod:`BiSCSegmentationLib.metrics` on the segments on the CT's grid, shown in a table
+node, exported as CSV, and recomputed when the segmentation changes (:class:`PlanningObserver`).
+
+How and when it is recomputed. :func:`compute_rows` (the one place rows are made) reads the segments
+straight from the segmentation's binary labelmaps, each cropped to its own box
+(:func:`segmentation.segment_boxes`): no scene node is created, and nothing the size of the CT is allocated.
+Edits are debounced: every change restarts the panel's timer, and the table is recomputed once, about
+``DEBOUNCE_MS`` after the last change. The table node records the segmentation's modification time it was
+computed for (:func:`is_current`), so writing a result and then showing it computes the table once.
 """
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ from .scene import SceneContext, SceneError, place_beside
 COLUMNS = ("Segment", "Side", "Volume (mL)", "Largest diameter (mm)", "Tumor/kidney volume ratio")
 TABLE_ATTRIBUTE = "BiSCSegmentation.Planning"
 MIN_LESION_ML = 0.5   # separate tumors listed one by one from this size (a 10 mm sphere is 0.52 mL)
+DEBOUNCE_MS = 300     # the table is recomputed this long after the last edit
+STAMP_ATTRIBUTE = "BiSCSegmentation.PlanningStamp"   # what the table was computed from (see is_current)
 
 
 @dataclass
@@ -45,14 +54,20 @@ class PlanningRow:
 
 
 def compute_rows(ctx: SceneContext, seg_node, reference, min_lesion_ml: float = MIN_LESION_ML) -> List[PlanningRow]:
-    """Planning rows for every kidney/tumor segment, right side first; tumors from ``min_lesion_ml`` listed."""
+    """Planning rows for every kidney/tumor segment, right side first; tumors from ``min_lesion_ml`` listed.
+
+    Each mask is cropped to its segment's box (``boxes[sid][1]`` is the (k, j, i) of its first voxel on the
+    CT's grid), so volumes and diameters cost what the segments are, not what the CT is."""
     from BiSCSegmentationLib.metrics import tumor_components, volume_ml
     from .scene import volume_from_node
-    from .segmentation import segment_masks
+    from .segmentation import segment_boxes
 
     ref = volume_from_node(reference, copy=False)
-    masks = segment_masks(ctx, seg_node, reference)
+    boxes = segment_boxes(seg_node, reference)
     seg = seg_node.GetSegmentation()
+    empty = (np.zeros((0, 0, 0), bool), (0, 0, 0))
+    masks = {seg.GetNthSegmentID(n): boxes.get(seg.GetNthSegmentID(n), empty)[0]
+             for n in range(seg.GetNumberOfSegments())}
     per_side = {"right": {"kidney": [], "tumor": []}, "left": {"kidney": [], "tumor": []}, None: {"kidney": [], "tumor": []}}
     others = []
     for sid, mask in masks.items():
@@ -99,11 +114,33 @@ def find_table(ctx: SceneContext, seg_node):
     return None
 
 
+def stamp(seg_node, reference, min_lesion_ml: float) -> str:
+    """What a planning table depends on: the segments (IDs, label values, modification times of the segments
+    and of their labelmaps), the CT and the tumor size."""
+    from .segmentation import _labelmap_name
+
+    seg = seg_node.GetSegmentation()
+    parts = [str(seg.GetMTime()), reference.GetID(), repr(min_lesion_ml)]
+    for n in range(seg.GetNumberOfSegments()):
+        segment = seg.GetNthSegment(n)
+        image = segment.GetRepresentation(_labelmap_name())
+        parts.append(f"{seg.GetNthSegmentID(n)}:{segment.GetLabelValue()}:{segment.GetMTime()}:"
+                     f"{image.GetMTime() if image is not None else 0}")
+    return "|".join(parts)
+
+
+def is_current(ctx: SceneContext, seg_node, reference, min_lesion_ml: float = MIN_LESION_ML) -> bool:
+    """Whether the segmentation's table was computed from its segments as they are now."""
+    node = find_table(ctx, seg_node)
+    return node is not None and node.GetAttribute(STAMP_ATTRIBUTE) == stamp(seg_node, reference, min_lesion_ml)
+
+
 def update_table(ctx: SceneContext, seg_node, reference, rows: Optional[List[PlanningRow]] = None,
                  min_lesion_ml: float = MIN_LESION_ML):
     """Fill (creating when needed) the segmentation's planning table node; returns it."""
     import vtk
 
+    current = stamp(seg_node, reference, min_lesion_ml)
     if rows is None:
         rows = compute_rows(ctx, seg_node, reference, min_lesion_ml)
     node = find_table(ctx, seg_node)
@@ -123,6 +160,7 @@ def update_table(ctx: SceneContext, seg_node, reference, rows: Optional[List[Pla
         for c, cell in enumerate(row.cells()):
             table.SetValue(r, c, vtk.vtkVariant(cell))
     table.Modified()
+    node.SetAttribute(STAMP_ATTRIBUTE, current)
     node.Modified()
     node.EndModify(was)
     return node
@@ -161,9 +199,10 @@ def write_csv(rows: List[PlanningRow], path, digits: int = 2) -> str:
 class PlanningObserver:
     """Keeps a segmentation's planning table up to date while people edit it.
 
-    Any change of the segments marks the table stale; ``schedule(callback)`` (the widget passes a short Qt
-    single-shot timer, so that a paint stroke costs one update) decides when :meth:`flush` runs. Without a
-    scheduler the table is updated at once.
+    Any change of the segments marks the table stale and calls ``schedule(callback)`` again: the widget
+    passes the restart of a DEBOUNCE_MS single-shot Qt timer, so a paint stroke or a burst of edits costs one
+    update, DEBOUNCE_MS after the last change. Without a scheduler the table is updated at once.
+    :meth:`paused` ignores the module's own writes (the writer updates the table itself, once).
     """
 
     EVENTS = ("SegmentAdded", "SegmentRemoved", "SegmentModified", "SourceRepresentationModified",
@@ -177,6 +216,7 @@ class PlanningObserver:
         self.schedule, self.on_update = schedule, on_update
         self.stale = False
         self.updates = 0
+        self._paused = 0
         self._tags = []
         self._segmentation = seg_node.GetSegmentation()
         import slicer
@@ -187,13 +227,26 @@ class PlanningObserver:
                 self._tags.append(self._segmentation.AddObserver(event, self._changed))
 
     def _changed(self, caller=None, event=None) -> None:
-        if self.stale:
+        if self._paused:
             return
         self.stale = True
         if self.schedule is not None:
-            self.schedule(self.flush)
+            self.schedule(self.flush)      # every change: the timer restarts (debounce)
         else:
             self.flush()
+
+    def paused(self):
+        """Context manager: changes made inside are not reported (the module's own write)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def pause():
+            self._paused += 1
+            try:
+                yield self
+            finally:
+                self._paused -= 1
+        return pause()
 
     def flush(self):
         """Recompute the table now if anything changed; returns the table node (or None)."""

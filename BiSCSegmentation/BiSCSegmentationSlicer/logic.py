@@ -28,7 +28,8 @@ CANCELLED_MESSAGE = "Cancelled. Nothing was changed."
 CLOSED_MESSAGE = "The CT was closed or removed while the run was going; nothing was added to the scene."
 # the quality warnings of the run that wrote a segmentation travel with it (JSON list of code/severity/message)
 WARNINGS_ATTRIBUTE = "BiSCSegmentation.QualityWarnings"
-PLAIN_ERRORS = ("ModelFileError", "VolumeError", "ROIError", "ValueError", "SceneError", "FileNotFoundError")
+PLAIN_ERRORS = ("ModelFileError", "VolumeError", "ROIError", "ValueError", "SceneError", "FileNotFoundError",
+                "DeviceError", "ResourceLimitError")
 
 
 class WorkflowError(RuntimeError):
@@ -38,12 +39,13 @@ class WorkflowError(RuntimeError):
 @dataclass
 class Options:
     model: ModelChoice = field(default_factory=ModelChoice)
-    device: str = "auto"             # auto | cpu | cuda
+    device: str = "auto"             # auto | cpu | cuda (devices.resolve: CUDA when usable, else the CPU)
     mirror: bool = False             # test-time mirroring (8x slower)
     min_component_ml: float = 10.0   # rough stage: smallest structure taken for a kidney
     keep_small_tumors: bool = False  # fine stage: skip the model's tumor component step (decision.py)
     roi_growth: int = 0              # fine stage: grow an ROI the kidney reaches the face of, at most N times
     plain_tumor_borders: bool = False  # fine stage: skip the model's tumor margin step (decision.py, step 4)
+    backend: str = "auto"            # auto | torch | openvino (BiSCSegmentationLib.backends)
 
 
 @dataclass
@@ -84,8 +86,12 @@ def error_message(status: Status) -> str:
         return NO_KIDNEY_MESSAGE
     if kind == "Cancelled" or status.state == "cancelled":
         return CANCELLED_MESSAGE
-    if "out of memory" in text.lower():
-        return "The GPU ran out of memory. Choose device \"cpu\" in the Input section and try again."
+    if kind == "ModuleNotFoundError" and "torch" in text:
+        return ("PyTorch is not installed for the computation. Press \"Install dependencies\" in the Input "
+                "section (or \"Reinstall dependencies\" under Advanced).")
+    if "out of memory" in text.lower() and kind not in PLAIN_ERRORS:
+        return ("The computation ran out of memory, on the CPU too. Close other programs, or use smaller ROIs, "
+                "and try again.")
     if kind in PLAIN_ERRORS:
         return text
     if kind == "ProcessError":
@@ -135,7 +141,7 @@ class BiSCLogic:
         ct = self.ct(volume_node)
         request = make_request(task, options.model.to_dict(), options.device, options.mirror,
                                options.min_component_ml, rois, options.keep_small_tumors, options.roi_growth,
-                               options.plain_tumor_borders)
+                               options.plain_tumor_borders, options.backend)
         job = ThreadJob(request, ct) if self.runner == "thread" else ProcessJob(request, ct, python=self.python)
         run = Run(task, volume_node, ct, job.start(), list(rois))
         self.active.append(run)

@@ -68,6 +68,11 @@ class Status:
         return [QualityWarning.from_dict(w) for w in (self.result or {}).get("warnings", [])]
 
     @property
+    def notes(self) -> list:
+        """What the user should know about how the run went (device choices, the CPU fallback)."""
+        return list((self.result or {}).get("notes", []))
+
+    @property
     def ran_on(self) -> str:
         """" (OpenVINO f32 on CPU, 2.1 s)"-style suffix for the status line; empty before a result."""
         r = self.result or {}
@@ -77,17 +82,39 @@ class Status:
 
 def make_request(task: str, model: dict, device: str = "auto", mirror: bool = False,
                  min_component_ml: float = 10.0, rois=(), keep_small_tumors: bool = False,
-                 roi_growth: int = 0, plain_tumor_borders: bool = False) -> dict:
+                 roi_growth: int = 0, plain_tumor_borders: bool = False, backend: str = "auto") -> dict:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}")
     return {"task": task, "model": dict(model), "device": device, "mirror": bool(mirror),
             "min_component_ml": float(min_component_ml), "rois": [r.to_dict() for r in rois],
             "keep_small_tumors": bool(keep_small_tumors), "roi_growth": int(roi_growth),
-            "plain_tumor_borders": bool(plain_tumor_borders)}
+            "plain_tumor_borders": bool(plain_tumor_borders), "backend": backend}
 
 
 def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -> dict:
-    """The work itself (any thread or process): load the model, run one stage on ``ct`` (a Volume)."""
+    """The work itself (any thread or process): pick the device (devices.resolve), load the model, run one
+    stage on ``ct`` (a Volume). A GPU that runs out of memory is replaced by the CPU once; ``notes`` in the
+    result tell the user about such choices."""
+    import torch
+
+    from . import devices
+
+    device, notes = devices.resolve(request.get("device", "auto"), torch)
+    try:
+        result = _compute_on(device, request, ct, progress, cancel)
+    except Exception as exc:  # noqa: BLE001 - only a GPU out-of-memory error is retried
+        if device == "cpu" or not devices.is_out_of_memory(exc):
+            raise
+        if hasattr(torch, "cuda") and device == "cuda":
+            torch.cuda.empty_cache()
+        notes.append(devices.OOM_FALLBACK_NOTE)
+        progress("starting", 0.0)
+        result = _compute_on("cpu", request, ct, progress, cancel)
+    result["notes"] = notes
+    return result
+
+
+def _compute_on(device: str, request: dict, ct, progress, cancel) -> dict:
     from BiSCSegmentationLib.cascade import CascadePredictor
     from BiSCSegmentationLib.roi import KidneyROI
 
@@ -95,10 +122,11 @@ def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -
 
     progress("loading models", 0.0)
     rough, fine = load_models(ModelChoice.from_dict(request["model"]), progress)
-    predictor = CascadePredictor(rough, fine, device=request.get("device", "auto"), mirror=request.get("mirror", False),
+    predictor = CascadePredictor(rough, fine, device=device, mirror=request.get("mirror", False),
                                  progress=progress, cancel=cancel,
                                  min_component_ml=float(request.get("min_component_ml", 10.0)),
-                                 roi_growth=int(request.get("roi_growth", 0)))
+                                 roi_growth=int(request.get("roi_growth", 0)),
+                                 backend=request.get("backend", "auto") or "auto")
     if request.get("keep_small_tumors"):
         predictor.decision = predictor.decision.without_small_tumor_step()
     if request.get("plain_tumor_borders"):
@@ -264,7 +292,7 @@ class ProcessJob:
             if "rois" in meta:
                 from BiSCSegmentationLib.roi import KidneyROI
                 result["rois"] = [KidneyROI(r["center"], r["size"], r["side"]) for r in meta["rois"]]
-            result.update({k: meta[k] for k in ("backend", "seconds", "warnings") if k in meta})
+            result.update({k: meta[k] for k in ("backend", "seconds", "warnings", "notes") if k in meta})
             return Status(state="done", stage=meta.get("stage", ""), fraction=1.0, result=result)
         tail = self.log_tail()
         return Status(state="failed", error_kind="ProcessError", details=tail,
@@ -353,7 +381,7 @@ def main(argv=None) -> int:
     arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
     np.savez_compressed(os.path.join(jobdir, "result.npz"), **arrays)
     meta = {"stage": request["task"], "backend": result.get("backend", ""), "seconds": result.get("seconds"),
-            "warnings": result.get("warnings", [])}
+            "warnings": result.get("warnings", []), "notes": result.get("notes", [])}
     if "rois" in result:
         meta["rois"] = [r.to_dict() for r in result["rois"]]
     _write_json(os.path.join(jobdir, "result.json"), meta)

@@ -361,8 +361,22 @@ def export_labels(ctx: SceneContext, seg_node, reference):
 
 
 # ----------------------------------------------------------------------------------------------- display
+def is_shown_3d(seg_node) -> bool:
+    """Whether the segments are shown as surfaces in 3D views (what the module's Show 3D toggle displays)."""
+    display = seg_node.GetDisplayNode() if seg_node is not None else None
+    return bool(display is not None and display.GetVisibility() and display.GetVisibility3D()
+                and seg_node.GetSegmentation().ContainsRepresentation(
+                    slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()))
+
+
+def toggle_3d(seg_node, visible: bool) -> bool:
+    """Show 3D as a toggle: surfaces on (made when missing) or off again; returns whether they are shown."""
+    show_3d(seg_node, visible)
+    return is_shown_3d(seg_node)
+
+
 def show_3d(seg_node, visible: bool = True) -> None:
-    """Closed surfaces in the 3D view (one click in the module)."""
+    """Closed surfaces in the 3D view (one click in the module); ``visible=False`` hides them again."""
     if visible:
         seg_node.CreateClosedSurfaceRepresentation()
     display = seg_node.GetDisplayNode()

@@ -52,13 +52,15 @@ def loadPhantomSample(source=None):
             lambda msg: slicer.util.confirmOkCancelDisplay(msg, "Install packages")):
         return None
     cache = slicer.app.cachePath if hasattr(slicer.app, "cachePath") else None
-    with slicer.util.tryWithErrorDisplay("Could not make the phantom CT.", waitCursor=True):
-        path = sampledata.make_sample_files(sampledata.cache_folder(cache))
-        node = slicer.util.loadVolume(path, {"name": sampledata.NODE_NAME})
-        node.GetDisplayNode().SetAutoWindowLevel(False)
-        node.GetDisplayNode().SetWindowLevel(400.0, 40.0)
-        return node
-    return None
+    try:
+        with slicer.util.tryWithErrorDisplay("Could not make the phantom CT.", waitCursor=True):
+            path = sampledata.make_sample_files(sampledata.cache_folder(cache))
+            node = slicer.util.loadVolume(path, {"name": sampledata.NODE_NAME})
+            node.GetDisplayNode().SetAutoWindowLevel(False)
+            node.GetDisplayNode().SetWindowLevel(400.0, 40.0)
+            return node
+    except Exception:  # noqa: BLE001 - already shown by tryWithErrorDisplay
+        return None
 
 
 class ModelSource(enum.Enum):
@@ -200,7 +202,6 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.show3DButton.connect("toggled(bool)", self.onShow3D)
         self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
 
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(200)
@@ -255,11 +256,12 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
         p = self._parameterNode
         if not p.parameterNode.GetAttribute(SETTINGS_APPLIED):   # a new scene: the remembered settings
-            p.parameterNode.SetAttribute(SETTINGS_APPLIED, "1")
             try:
                 applySettings(p, settings.load(self._settingsStore))
             except Exception as exc:  # noqa: BLE001 - unreadable settings never block the module
                 logging.warning(f"BiSCSegmentation: settings not applied: {exc}")
+            # saving starts only now: a half-applied set would overwrite the remembered values
+            p.parameterNode.SetAttribute(SETTINGS_APPLIED, "1")
         if not p.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
@@ -324,7 +326,7 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.roughModelPath = self.ui.roughModelPathLineEdit.currentPath
             self._parameterNode.fineModelPath = self.ui.fineModelPathLineEdit.currentPath
 
-    def onResetSettings(self):
+    def onResetSettings(self, checked=False):
         applySettings(self._parameterNode, settings.reset(self._settingsStore))
         if not self._parameterNode.bundledModel:
             self._parameterNode.bundledModel = models.default_bundled()
@@ -351,9 +353,6 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportCsvButton.enabled = bool(output) and bool(volume)
 
     # ------------------------------------------------------------------------------------------- ROIs
-    def onInputChanged(self, node=None):
-        self.watchRois()
-
     def watchRois(self):
         """The ROI list follows every change of the input's ROI nodes (move, resize, rename, delete, add)."""
         volume = self._parameterNode.inputVolume if self._parameterNode else None
@@ -443,7 +442,7 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUIFromParameterNode()
         return ok
 
-    def onReinstallDependencies(self):
+    def onReinstallDependencies(self, checked=False):
         self.onInstallDependencies(reinstall=True)
 
     def onLocate(self):

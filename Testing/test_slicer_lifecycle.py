@@ -165,8 +165,9 @@ def test_a_result_for_a_closed_ct_adds_nothing(ctx, ct_node):
     done = Status(state="done", result={"mask": np.ones(ct.array.shape, np.uint8), "rois": [roi]})
     ctx.scene.RemoveNode(ct_node)
     n = ctx.scene.GetNumberOfNodes()
-    with pytest.raises(WorkflowError, match="closed"):
+    with pytest.raises(WorkflowError) as info:
         logic.finish_locate(Run("locate", ct_node, ct, None), done)
+    assert str(info.value) == CLOSED_MESSAGE
     assert ctx.scene.GetNumberOfNodes() == n
 
 

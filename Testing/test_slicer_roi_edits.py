@@ -92,8 +92,6 @@ def test_resize_and_rename_count_as_edits_and_a_given_name_is_kept(ctx, ct_node)
 
 
 def test_roi_list_follows_every_change(ctx, ct_node):
-    from BiSCSegmentationSlicer import rois
-
     logic, by_side, found, mask = located(ctx, ct_node)
     calls = []
     watcher = logic.watch_rois(ct_node, lambda: calls.append(1))

@@ -129,7 +129,9 @@ def test_scene_close_and_module_reload_cancel_the_run(ctx, ct_node, case_files, 
     from BiSCSegmentationSlicer.logic import CANCELLED_MESSAGE, BiSCLogic, Options, WorkflowError
 
     logic = BiSCLogic(ctx, python=launcher(tmp_path))
-    before = ctx.scene.GetNumberOfNodes()
+    from test_slicer_planning_updates import written
+    _, seg, _ = written(ctx, ct_node, logic)
+    logic.observe(seg, ct_node, schedule=lambda flush: None)
     run = logic.start_locate(ct_node, Options(_files_choice(case_files)))
     pids = wait_for_pids(tmp_path)
     t0 = time.monotonic()
@@ -137,10 +139,10 @@ def test_scene_close_and_module_reload_cancel_the_run(ctx, ct_node, case_files, 
     assert time.monotonic() - t0 < 2.5
     assert not any(proctree.alive(p) for p in pids) and not os.path.exists(run.job.dir)
     status = run.job.poll()
-    assert status.state == "cancelled" and logic.active == []
+    assert status.state == "cancelled" and logic.active == [] and logic.observers == {}
     with pytest.raises(WorkflowError, match=CANCELLED_MESSAGE):   # the widget's timer sees it: no dialog
         logic.finish_locate(run, status)
-    assert ctx.scene.GetNumberOfNodes() <= before and not ctx.nodes_by_class("vtkMRMLMarkupsROINode")
+    assert not ctx.nodes_by_class("vtkMRMLMarkupsROINode") and not ctx.nodes_by_class("vtkMRMLSegmentationNode")
 
     # module reload / application exit: the widget's cleanup closes the logic, which cancels
     (tmp_path / "pids").unlink()

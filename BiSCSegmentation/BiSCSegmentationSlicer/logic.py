@@ -113,7 +113,7 @@ class BiSCLogic:
 
         # closing the scene (File > Close Scene, loading another scene) cancels what runs on it
         self._scene_tag = ctx.scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent,
-                                                lambda caller, event: self.cancel_all())
+                                                lambda caller, event: self.scene_closing())
 
     # ----------------------------------------------------------------------------------------- inputs
     def ct(self, volume_node):
@@ -152,6 +152,13 @@ class BiSCLogic:
         if run in self.active:
             self.active.remove(run)
         return run.job.cancel()
+
+    def scene_closing(self) -> None:
+        """The scene is being closed: cancel the runs and stop watching its segmentations."""
+        self.cancel_all()
+        for obs in self.observers.values():
+            obs.close()
+        self.observers = {}
 
     def cancel_all(self) -> List[int]:
         """Cancel every active run (scene close, module reload, application exit)."""

@@ -659,10 +659,23 @@ class BiSCSegmentationTest(ScriptedLoadableModuleTest):
         volume = slicer.util.loadVolume(case["ct"])
         logic = BiSCSegmentationLogic()
         report = selftest.run_workflow(logic.workflow, volume, case, self.assertTrue, self.delayDisplay)
-        self.delayDisplay("Module panel: Locate kidneys through the widget, polled by its timer")
         slicer.util.selectModule("BiSCSegmentation")
         widget = slicer.modules.biscsegmentation.widgetRepresentation().self()
+        store = qt.QSettings()
+        remembered = settings.load(store)         # the panel remembers what the test sets: restored below
+        try:
+            self._panel(widget, volume, case, logic, report, store)
+        finally:
+            settings.reset(store)
+            settings.save(store, remembered)
+
+    def _panel(self, widget, volume, case, logic, report, store):
+        from BiSCSegmentationSlicer import proctree
+
+        self.delayDisplay("Module panel: Locate kidneys through the widget, polled by its timer")
         p = widget._parameterNode
+        for node in rois.roi_nodes(logic.workflow.ctx, volume):   # edited ROIs would make Locate ask first
+            slicer.mrmlScene.RemoveNode(node)
         p.inputVolume = volume
         p.modelSource = ModelSource.FILES
         p.roughModelPath, p.fineModelPath = case["rough"], case["fine"]
@@ -675,10 +688,36 @@ class BiSCSegmentationTest(ScriptedLoadableModuleTest):
             time.sleep(0.05)
         self.assertTrue(widget._run is None, "the widget's run did not finish")
         self.assertTrue(widget.ui.roiTableWidget.rowCount == len(logic.workflow.rois(volume)))
+
+        self.delayDisplay("Cancel ends the PythonSlicer launcher and the Python it started within 2 s")
+        widget.onLocate()
+        job = widget._run.job
+        deadline = time.time() + 60
+        while job.proc.poll() is None and not proctree.descendants(job.proc.pid) and time.time() < deadline:
+            time.sleep(0.02)
+        pids = [job.proc.pid] + proctree.descendants(job.proc.pid)
+        t0 = time.time()
+        widget.onCancel()
+        self.assertTrue(widget._run is None and time.time() - t0 < 2.5, "Cancel took too long")
+        self.assertTrue(not any(proctree.alive(pid) for pid in pids), f"worker processes left: {pids}")
+        self.assertTrue(not os.path.exists(job.dir), "the job folder was left behind")
+
+        self.delayDisplay("Settings are remembered; Reset to defaults forgets them")
+        p.mirror = True
+        self.assertTrue(settings.load(store)["mirror"] is True and settings.load(store)["device"] == "cpu")
+        widget.onResetSettings()
+        self.assertTrue(p.mirror is False and p.device == Device.AUTO and p.modelSource == ModelSource.BUNDLED)
+        self.assertTrue(settings.load(store)["mirror"] is False)
+
+        self.delayDisplay("Show 3D is a toggle")
         p.outputSegmentation = report["output"]
         self.assertTrue(widget.ui.exportCsvButton.enabled and widget.ui.editSegmentsButton.enabled)
         widget.ui.show3DButton.checked = True
         self.assertTrue(report["output"].GetDisplayNode().GetVisibility3D())
         widget.ui.show3DButton.checked = False
         self.assertTrue(not report["output"].GetDisplayNode().GetVisibility3D(), "Show 3D did not hide again")
+
+        self.delayDisplay("Sample Data: the phantom CT")
+        sample = loadPhantomSample()
+        self.assertTrue(sample is not None and sample.GetName() == sampledata.NODE_NAME)
         self.delayDisplay("Test passed")

@@ -56,7 +56,15 @@ class NodeCounter:
     def __init__(self, scene):
         import slicer
         self.scene, self.added = scene, []
-        self.tag = scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, lambda c, e: self.added.append(1))
+        self.tag = scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, self.seen)
+
+    def classes(self):
+        return sorted({c for c in self.added})
+
+    def seen(self, caller, event):
+        # the class of the newest node (NodeAddedEvent's call data needs a typed observer in Python)
+        nodes = self.scene.GetNodes()
+        self.added.append(nodes.GetItemAsObject(nodes.GetNumberOfItems() - 1).GetClassName())
 
     def close(self):
         self.scene.RemoveObserver(self.tag)
@@ -68,7 +76,12 @@ def test_segments_are_read_without_scene_nodes_and_equal_slicers_export(ctx, ct_
     from BiSCSegmentationSlicer.segmentation import segment_boxes, segment_masks
     from BiSCSegmentationSlicer.scene import volume_from_node
 
-    logic, seg, labels = written(ctx, ct_node)
+    counter = NodeCounter(ctx.scene)
+    logic, seg, labels = written(ctx, ct_node)          # writing adds the result and its table, nothing else
+    added = counter.classes()
+    counter.close()
+    assert "vtkMRMLLabelMapVolumeNode" not in added and "vtkMRMLScalarVolumeNode" not in added, added
+    assert {"vtkMRMLSegmentationNode", "vtkMRMLTableNode"} <= set(added)
     expected = exported(ctx, seg, ct_node)
     counter = NodeCounter(ctx.scene)
     n_nodes = ctx.scene.GetNumberOfNodes()

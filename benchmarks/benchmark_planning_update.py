@@ -3,7 +3,8 @@
 The segmentation is written the module's way (BiSCLogic.apply_labels: right kidney with a 9 cm renal tumor,
 left kidney) on a real MRML scene (PyPI's slicer-core); then the update the panel runs after an edit
 (PlanningObserver.flush: segments read from the binary labelmaps, rows, table node) is timed several times.
-Goal: <= 0.3 s per update. Also checks that an update adds no node to the scene.
+Goal: <= 0.3 s per update. Also checks that an update adds no node to the scene. Wall-clock and CPU seconds
+(this process's) are both reported: on a busy machine the CPU time is the fairer figure.
 
     python benchmarks/benchmark_planning_update.py [--repeat 5] [--json out.json]
 """
@@ -63,29 +64,30 @@ def main(argv=None) -> int:
     boxes = [KidneyROI((mid - 95, 220.0, 225.0), (150.0, 130.0, 180.0), "right"),
              KidneyROI((mid + 75, 230.0, 225.0), (100.0, 110.0, 150.0), "left")]
     logic = BiSCLogic(ctx)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     seg = logic.apply_labels(node, labels, boxes, mode="new")
-    write_s = time.perf_counter() - t0
+    write_s, write_cpu = time.perf_counter() - t0, time.process_time() - c0
     observer = logic.observe(seg, node)          # what the panel attaches; flush() is its timer's update
 
     added = []
     tag = ctx.scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, lambda c, e: added.append(1))
-    times, boxes_times = [], []
+    times, cpu, boxes_times = [], [], []
     for _ in range(args.repeat):
         t0 = time.perf_counter()
         segment_boxes(seg, node)
         boxes_times.append(time.perf_counter() - t0)
         observer.stale = True                    # as after an edit
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         observer.flush()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     ctx.scene.RemoveObserver(tag)
     rows = planning.compute_rows(ctx, seg, node)
     tumor = [r for r in rows if "tumor" in r.segment][0]
     result = {"shape_kji": list(SHAPE), "spacing_ijk_mm": list(SPACING), "tumor_ml": round(tumor.volume_ml, 1),
-              "tumor_diameter_mm": round(tumor.largest_diameter_mm, 1), "write_s": round(write_s, 3),
+              "tumor_diameter_mm": round(tumor.largest_diameter_mm, 1), "write_s": round(write_s, 3), "write_cpu_s": round(write_cpu, 3),
               "update_s_median": round(statistics.median(times), 3), "update_s_min": round(min(times), 3),
-              "update_s_max": round(max(times), 3), "read_segments_s_median": round(statistics.median(boxes_times), 3),
+              "update_s_max": round(max(times), 3), "update_cpu_s_median": round(statistics.median(cpu), 3), "read_segments_s_median": round(statistics.median(boxes_times), 3),
               "nodes_added_by_updates": len(added), "repeat": args.repeat, "goal_s": 0.3}
     print(json.dumps(result, indent=1))
     if args.json:

@@ -16,7 +16,7 @@ import slicer
 import vtk
 
 from . import terminology as term
-from .scene import SceneContext, SceneError, add_volume_node, place_beside, read_node, unique_name
+from .scene import SceneContext, SceneError, place_beside, read_node, unique_name
 
 OUTPUT_ATTRIBUTE = "BiSCSegmentation.Output"
 FINGERPRINT_ATTRIBUTE = "BiSCSegmentation.Fingerprint"
@@ -122,21 +122,30 @@ def is_edited(seg_node) -> bool:
 
 # ------------------------------------------------------------------------------------------------ output
 def _import_indexed(ctx: SceneContext, seg_node, reference, indexed: np.ndarray, specs: List) -> None:
-    """Fill ``specs`` segments of ``seg_node`` from an index label map (value = spec.index) on ``reference``."""
-    from .scene import volume_from_node
+    """Fill ``specs`` segments of ``seg_node`` from an index label map (value = spec.index) on ``reference``'s
+    grid: each segment from a binary image of its own box, straight into the segmentation (no helper node
+    appears in the scene); the segments then share labelmap layers where they do not overlap."""
+    from vtk.util import numpy_support
 
-    compact = np.zeros(indexed.shape, np.uint8)
-    ids = vtk.vtkStringArray()
-    for n, spec in enumerate(specs, start=1):
-        compact[indexed == spec.index] = n
-        ids.InsertNextValue(spec.segment_id)
-    geometry = volume_from_node(reference, copy=False)
-    label_node = add_volume_node(ctx, geometry.with_array(compact), "BiSCSegmentation temporary", labelmap=True)
-    try:
-        if not ctx.segmentations.ImportLabelmapToSegmentationNode(label_node, seg_node, ids):
-            raise SceneError("could not import the label map into the segmentation")
-    finally:
-        ctx.remove(label_node)
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    reference.GetIJKToRASMatrix(ijk_to_ras)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    for spec in specs:
+        mask = indexed == spec.index
+        box = _nonzero_box(mask)
+        if box is None:
+            continue
+        k0, k1, j0, j1, i0, i1 = box
+        image = slicer.vtkOrientedImageData()
+        image.SetExtent(i0, i1, j0, j1, k0, k1)
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        image.SetImageToWorldMatrix(ijk_to_ras)
+        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = \
+            mask[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1].astype(np.uint8).ravel()
+        if not logic.SetBinaryLabelmapToSegment(image, seg_node, spec.segment_id, logic.MODE_REPLACE,
+                                                image.GetExtent()):
+            raise SceneError(f"could not write the segment {spec.name}")
+    seg_node.GetSegmentation().CollapseBinaryLabelmaps(False)
 
 
 def write_output(ctx: SceneContext, volume_node, labels, rois: Sequence, midline: float,

@@ -39,7 +39,7 @@ def launcher(tmp_path):
     return str(path)
 
 
-def wait_for_pids(tmp_path, n=2, timeout=30.0):
+def wait_for_pids(tmp_path, n=2, timeout=120.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         f = tmp_path / "pids"

@@ -24,7 +24,6 @@ import tempfile
 import threading
 import time
 import traceback
-import weakref
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
@@ -207,7 +206,7 @@ def python_executable() -> str:
     return shutil.which("PythonSlicer") or sys.executable
 
 
-_LIVE = weakref.WeakSet()   # ProcessJobs whose process may still run (ended at interpreter exit)
+_LIVE = set()   # ProcessJobs started and not finished: ended (and their folders removed) at interpreter exit
 
 
 def cancel_all() -> int:

@@ -6,6 +6,7 @@ Importing this module needs neither torch nor scipy: they are installed on first
 """
 import enum
 import logging
+import os
 import tempfile
 import time
 from typing import Annotated
@@ -19,7 +20,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from BiSCSegmentationSlicer import dependencies, models, rois, segmentation
+from BiSCSegmentationSlicer import about, dependencies, models, planning, rois, sampledata, segmentation, settings
 from BiSCSegmentationSlicer.logic import BiSCLogic, Options, WorkflowError
 from BiSCSegmentationSlicer.scene import SceneContext
 
@@ -31,14 +32,35 @@ class BiSCSegmentation(ScriptedLoadableModule):
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
         self.parent.contributors = ["BiSCSegmentation contributors"]
-        self.parent.helpText = (
-            "Segment the kidneys and renal tumors in an abdominal CT with the BiSC-UNet cascade: locate the "
-            "kidneys, check and correct each kidney's box, segment, edit the masks, and read volumes, tumor "
-            "diameters and tumor-to-kidney ratios for surgical planning. See the "
-            "<a href=\"https://github.com/\">extension documentation</a> (README, section \"Use in 3D Slicer\").")
-        self.parent.acknowledgementText = (
-            "Method: Wang et al., BiSC-UNet (2019). Uses PyTorch through the PyTorch extension. "
-            "Not a medical device: check every result.")
+        self.parent.helpText = about.help_text()
+        self.parent.acknowledgementText = about.acknowledgement_text()
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Sample Data > BiSCSegmentation > BiSCPhantomCT (made by the bundled phantom generator on first use)."""
+    import SampleData
+
+    moduleDir = os.path.dirname(os.path.abspath(__file__))
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        **sampledata.source_arguments(moduleDir, loadPhantomSample))
+
+
+def loadPhantomSample(source=None):
+    """Make (first time) and load the phantom CT; the generator needs SciPy, installed after one question."""
+    if dependencies.missing_pip() and not dependencies.ensure(
+            lambda msg: slicer.util.confirmOkCancelDisplay(msg, "Install packages")):
+        return None
+    cache = slicer.app.cachePath if hasattr(slicer.app, "cachePath") else None
+    try:
+        with slicer.util.tryWithErrorDisplay("Could not make the phantom CT.", waitCursor=True):
+            path = sampledata.make_sample_files(sampledata.cache_folder(cache))
+            node = slicer.util.loadVolume(path, {"name": sampledata.NODE_NAME})
+            node.GetDisplayNode().SetAutoWindowLevel(False)
+            node.GetDisplayNode().SetWindowLevel(400.0, 40.0)
+            return node
+    except Exception:  # noqa: BLE001 - already shown by tryWithErrorDisplay
+        return None
 
 
 class ModelSource(enum.Enum):
@@ -59,6 +81,15 @@ class Device(enum.Enum):
         return self.value
 
 
+class Backend(enum.Enum):
+    AUTO = "auto"
+    TORCH = "torch"
+    OPENVINO = "openvino"
+
+    def label(self):
+        return self.value
+
+
 @parameterNodeWrapper
 class BiSCSegmentationParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
@@ -71,6 +102,7 @@ class BiSCSegmentationParameterNode:
     fineModelUrl: str = ""
     fineModelSha256: str = ""
     device: Device = Device.AUTO
+    backend: Backend = Backend.AUTO
     mirror: bool = False
     keepSmallTumors: bool = False
     growRois: bool = False
@@ -87,7 +119,26 @@ def options_from(p: BiSCSegmentationParameterNode) -> Options:
                                 rough_sha256=p.roughModelSha256.strip(), fine_url=p.fineModelUrl.strip(),
                                 fine_sha256=p.fineModelSha256.strip())
     return Options(choice, p.device.value, p.mirror, p.minKidneyMl, p.keepSmallTumors, 2 if p.growRois else 0,
-                   p.plainTumorBorders)
+                   p.plainTumorBorders, p.backend.value)
+
+
+# parameter node fields remembered across restarts (BiSCSegmentationSlicer.settings; tested against DEFAULTS)
+REMEMBERED = ("modelSource", "bundledModel", "roughModelPath", "fineModelPath", "roughModelUrl", "roughModelSha256",
+              "fineModelUrl", "fineModelSha256", "device", "backend", "mirror", "keepSmallTumors", "growRois",
+              "plainTumorBorders", "minKidneyMl", "minLesionMl")
+ENUMS = {"modelSource": ModelSource, "device": Device, "backend": Backend}
+SETTINGS_APPLIED = "BiSCSegmentation.SettingsApplied"
+
+
+def applySettings(p, values):
+    """Put remembered (or default) settings into the parameter node."""
+    for name in REMEMBERED:
+        value = values[name]
+        setattr(p, name, ENUMS[name](value) if name in ENUMS else value)
+
+
+def currentSettings(p):
+    return {name: getattr(p, name) for name in REMEMBERED}
 
 
 class BiSCSegmentationLogic(ScriptedLoadableModuleLogic):
@@ -112,7 +163,9 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._guiObserver = None
         self._run = None
-        self._observedRois = []
+        self._roiWatcher = None
+        self._planningFlush = None
+        self._settingsStore = None
 
     # ------------------------------------------------------------------------------------------- setup
     def setup(self):
@@ -122,19 +175,22 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = BiSCSegmentationLogic()
+        self._settingsStore = qt.QSettings()
         self.ui.roiTableWidget.setHorizontalHeaderLabels(["ROI", "Size", "Check"])
         for name, entry in sorted(models.bundled_models().items()):
             self.ui.bundledModelComboBox.addItem(entry.get("title", name) if isinstance(entry, dict) else name, name)
+            self.ui.bundledModelComboBox.setItemData(self.ui.bundledModelComboBox.count - 1,
+                                                     about.model_sentence(name), qt.Qt.ToolTipRole)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
 
         self.ui.bundledModelComboBox.connect("currentIndexChanged(int)", self.onBundledModelChanged)
         self.ui.roughModelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathsChanged)
         self.ui.fineModelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathsChanged)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.reinstallDependenciesButton.connect("clicked(bool)", self.onReinstallDependencies)
+        self.ui.resetSettingsButton.connect("clicked(bool)", self.onResetSettings)
         self.ui.locateButton.connect("clicked(bool)", self.onLocate)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
@@ -143,25 +199,37 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.roiTableWidget.connect("itemSelectionChanged()", self.updateButtons)
         self.ui.roiTableWidget.connect("cellDoubleClicked(int,int)", self.onRoiDoubleClicked)
         self.ui.editSegmentsButton.connect("clicked(bool)", self.onEditSegments)
-        self.ui.show3DButton.connect("clicked(bool)", self.onShow3D)
+        self.ui.show3DButton.connect("toggled(bool)", self.onShow3D)
         self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
 
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(200)
         self.pollTimer.connect("timeout()", self.onPoll)
-        self.roiTimer = qt.QTimer()
+        self.roiTimer = qt.QTimer()          # the ROI list: refreshed once after a burst of ROI changes
         self.roiTimer.setSingleShot(True)
-        self.roiTimer.setInterval(300)
+        self.roiTimer.setInterval(150)
         self.roiTimer.connect("timeout()", self.refreshRois)
+        self.planningTimer = qt.QTimer()     # the planning table: DEBOUNCE_MS after the last edit
+        self.planningTimer.setSingleShot(True)
+        self.planningTimer.setInterval(planning.DEBOUNCE_MS)
+        self.planningTimer.connect("timeout()", self.onPlanningTimer)
+        slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
         self.initializeParameterNode()
 
     def cleanup(self):
-        self.pollTimer.stop()
-        if self._run is not None:
-            self._run.job.cancel()
+        """Module reload or application exit: a running computation is cancelled (its process tree ends)."""
+        self._stopRun("")
+        for timer in (self.pollTimer, self.roiTimer, self.planningTimer):
+            timer.stop()
+        if self._roiWatcher is not None:
+            self._roiWatcher.close()
+            self._roiWatcher = None
         self.logic.workflow.close()
         self.removeObservers()
+
+    def onAboutToQuit(self):
+        self._stopRun("")
 
     def enter(self):
         self.initializeParameterNode()
@@ -173,6 +241,11 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def onSceneStartClose(self, caller, event):
+        # the logic cancels the run itself (it observes the scene); the panel forgets it without a dialog
+        self._stopRun("The scene was closed; the running computation was cancelled.")
+        if self._roiWatcher is not None:
+            self._roiWatcher.close()
+            self._roiWatcher = None
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -181,12 +254,20 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
+        p = self._parameterNode
+        if not p.parameterNode.GetAttribute(SETTINGS_APPLIED):   # a new scene: the remembered settings
+            try:
+                applySettings(p, settings.load(self._settingsStore))
+            except Exception as exc:  # noqa: BLE001 - unreadable settings never block the module
+                logging.warning(f"BiSCSegmentation: settings not applied: {exc}")
+            # saving starts only now: a half-applied set would overwrite the remembered values
+            p.parameterNode.SetAttribute(SETTINGS_APPLIED, "1")
+        if not p.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
-                self._parameterNode.inputVolume = first
-        if not self._parameterNode.bundledModel:
-            self._parameterNode.bundledModel = models.default_bundled()
+                p.inputVolume = first
+        if not p.bundledModel:
+            p.bundledModel = models.default_bundled()
 
     def setParameterNode(self, node):
         if self._parameterNode:
@@ -222,11 +303,13 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.workflow.min_lesion_ml != p.minLesionMl:
             self.logic.workflow.min_lesion_ml = p.minLesionMl
             self.onOutputChanged(p.outputSegmentation)
+        if p.parameterNode.GetAttribute(SETTINGS_APPLIED):
+            settings.save(self._settingsStore, currentSettings(p))
         missing = dependencies.missing_summary()
         self.ui.dependenciesLabel.text = f"Not installed yet: {missing}." if missing else ""
         self.ui.dependenciesLabel.setVisible(bool(missing))
         self.ui.installDependenciesButton.setVisible(bool(missing))
-        self.observeRois()
+        self.watchRois()
         self.refreshRois()
         self.updateButtons()
 
@@ -243,6 +326,12 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.roughModelPath = self.ui.roughModelPathLineEdit.currentPath
             self._parameterNode.fineModelPath = self.ui.fineModelPathLineEdit.currentPath
 
+    def onResetSettings(self, checked=False):
+        applySettings(self._parameterNode, settings.reset(self._settingsStore))
+        if not self._parameterNode.bundledModel:
+            self._parameterNode.bundledModel = models.default_bundled()
+        self.ui.statusLabel.text = "Settings reset to their defaults."
+
     def updateButtons(self):
         p = self._parameterNode
         busy = self._run is not None
@@ -254,32 +343,37 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deleteRoiButton.enabled = not busy and bool(self.ui.roiTableWidget.selectedItems())
         self.ui.cancelButton.enabled = busy
         self.ui.editSegmentsButton.enabled = bool(output) and not busy
+        self.ui.reinstallDependenciesButton.enabled = not busy
         self.ui.show3DButton.enabled = bool(output)
+        shown = bool(output) and segmentation.is_shown_3d(output)
+        if self.ui.show3DButton.checked != shown:       # the toggle follows the display node
+            self.ui.show3DButton.blockSignals(True)
+            self.ui.show3DButton.checked = shown
+            self.ui.show3DButton.blockSignals(False)
         self.ui.exportCsvButton.enabled = bool(output) and bool(volume)
 
     # ------------------------------------------------------------------------------------------- ROIs
-    def onSceneNodesChanged(self, caller=None, event=None):
-        self.roiTimer.start()
-
-    def observeRois(self):
-        for node in self._observedRois:
-            self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onSceneNodesChanged)
+    def watchRois(self):
+        """The ROI list follows every change of the input's ROI nodes (move, resize, rename, delete, add)."""
         volume = self._parameterNode.inputVolume if self._parameterNode else None
-        self._observedRois = rois.roi_nodes(self.logic.workflow.ctx, volume)
-        for node in self._observedRois:
-            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onSceneNodesChanged)
+        if self._roiWatcher is not None and self._roiWatcher.volume_node is volume:
+            return
+        if self._roiWatcher is not None:
+            self._roiWatcher.close()
+            self._roiWatcher = None
+        if volume is not None:
+            self._roiWatcher = self.logic.workflow.watch_rois(volume, self.roiTimer.start)
 
     def refreshRois(self):
         volume = self._parameterNode.inputVolume if self._parameterNode else None
         table = self.ui.roiTableWidget
         rows, messages = [], []
-        if volume is not None:
-            if set(rois.roi_nodes(self.logic.workflow.ctx, volume)) != set(self._observedRois):
-                self.observeRois()
+        if volume is not None and slicer.mrmlScene.IsNodePresent(volume):
             try:
                 rows = self.logic.workflow.roi_rows(volume) if not dependencies.missing_pip() else []
             except (WorkflowError, ValueError) as exc:
                 messages.append(str(exc))
+        selected = self._selectedRoiNode()
         table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             check = "OK" if row.ok and not row.warnings else ("Problem" if not row.ok else "Warning")
@@ -287,6 +381,8 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 item = qt.QTableWidgetItem(text)
                 item.setData(qt.Qt.UserRole, row.node_id)
                 table.setItem(r, c, item)
+            if selected is not None and row.node_id == selected.GetID():
+                table.selectRow(r)
             messages += row.problems + row.warnings
         self.ui.roiProblemsLabel.text = "\n".join(messages)
         self.updateButtons()
@@ -320,18 +416,55 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if dependencies.missing_summary() and not self.onInstallDependencies():
             raise WorkflowError("BiSCSegmentation cannot run before its Python packages are installed.")
 
-    def onInstallDependencies(self, checked=False):
+    def onInstallDependencies(self, checked=False, reinstall=False):
+        """One question, then each install step in a progress dialog (PyTorch, then the pinned packages)."""
+        dialog = None
+
+        def progress(text, step, steps):
+            nonlocal dialog
+            if dialog is None:
+                dialog = slicer.util.createProgressDialog(windowTitle="Installing Python packages",
+                                                          labelText=text, maximum=max(steps, 1))
+            dialog.labelText = text
+            dialog.value = step
+            slicer.app.processEvents()
         try:
             with slicer.util.tryWithErrorDisplay("Installing the Python packages failed.", waitCursor=True):
-                ok = dependencies.ensure(lambda msg: slicer.util.confirmOkCancelDisplay(msg, "Install packages"))
+                ok = dependencies.ensure(lambda msg: slicer.util.confirmOkCancelDisplay(msg, "Install packages"),
+                                         progress=progress, reinstall=reinstall)
         except Exception:  # noqa: BLE001 - already shown by tryWithErrorDisplay
             ok = False
+        finally:
+            if dialog is not None:
+                dialog.close()
+        if ok and reinstall:
+            slicer.util.infoDisplay("The packages were reinstalled. Restart Slicer before the next run.")
         self.updateGUIFromParameterNode()
         return ok
 
+    def onReinstallDependencies(self, checked=False):
+        self.onInstallDependencies(reinstall=True)
+
     def onLocate(self):
-        self._start(lambda: self.logic.workflow.start_locate(self._parameterNode.inputVolume,
-                                                             options_from(self._parameterNode)))
+        volume = self._parameterNode.inputVolume
+        edited = self.logic.workflow.edited_rois(volume) if volume is not None else []
+        mode = "keep"
+        if edited:
+            mode = self._askRoiMode(edited)
+            if mode is None:
+                return
+        self._start(lambda: self.logic.workflow.start_locate(volume, options_from(self._parameterNode), mode))
+
+    def _askRoiMode(self, edited):
+        """Replace / keep mine (the default) / cancel, for ROIs the person edited."""
+        error = rois.ROIsEdited(edited)
+        box = qt.QMessageBox(qt.QMessageBox.Question, "Your kidney ROIs", str(error))
+        keep = box.addButton("Keep mine", qt.QMessageBox.AcceptRole)
+        replace = box.addButton("Replace", qt.QMessageBox.DestructiveRole)
+        box.addButton(qt.QMessageBox.Cancel)
+        box.setDefaultButton(keep)
+        box.exec_()
+        return {keep: "keep", replace: "replace"}.get(box.clickedButton())
 
     def onSegment(self):
         self._start(lambda: self.logic.workflow.start_segment(self._parameterNode.inputVolume,
@@ -350,10 +483,24 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.pollTimer.start()
         self.updateButtons()
 
+    def _stopRun(self, message):
+        """Cancel the running computation (its whole process tree) and forget it; nothing is added."""
+        run, self._run = self._run, None
+        if run is None:
+            return []
+        self.pollTimer.stop()
+        survivors = self.logic.workflow.cancel(run)
+        if message:
+            self.ui.statusLabel.text = message
+        self.ui.progressBar.value = 0
+        self.updateButtons()
+        return survivors
+
     def onCancel(self):
-        if self._run is not None:
-            self._run.job.cancel()
-            self.ui.statusLabel.text = "Cancelling..."
+        survivors = self._stopRun("Cancelled. Nothing was changed.")
+        if survivors:
+            slicer.util.warningDisplay(f"Processes {survivors} of the computation could not be stopped; end them "
+                                       f"in the system's task manager.")
 
     def onPoll(self):
         run = self._run
@@ -385,6 +532,8 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.exception("BiSCSegmentation")
             self.ui.statusLabel.text = f"Failed: {exc}"
             slicer.util.errorDisplay(f"Could not show the result: {exc}. Details are in the Python console.")
+        if status.notes:
+            self.ui.statusLabel.text += "\n" + "\n".join(status.notes)
         self.refreshRois()
 
     def _showWarnings(self, warnings):
@@ -410,6 +559,7 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             replace = box.addButton("Replace", qt.QMessageBox.DestructiveRole)
             new = box.addButton("Keep it, write a new one", qt.QMessageBox.AcceptRole)
             box.addButton(qt.QMessageBox.Cancel)
+            box.setDefaultButton(new)
             box.exec_()
             if box.clickedButton() not in (replace, new):
                 self.ui.statusLabel.text = "Not written; your edited segmentation is unchanged."
@@ -419,7 +569,8 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.outputSegmentation = node
         used = (status.result or {}).get("rois", run.rois)
         grown = sum(a != b for a, b in zip(run.rois, used))
-        self.ui.statusLabel.text = (f"Wrote \"{node.GetName()}\"{status.ran_on}. "
+        self.ui.statusLabel.text = (f"Wrote \"{node.GetName()}\"{status.ran_on} with the "
+                                    f"{options_from(self._parameterNode).model.describe()}. "
                                     + (f"{grown} ROI(s) grown: the kidney reached the box's face. " if grown else "")
                                     + "Edit it in Segment Editor; the table follows.")
 
@@ -430,13 +581,24 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.planningTableView.setMRMLTableNode(None)
             self.updateButtons()
             return
-        schedule = lambda callback: qt.QTimer.singleShot(500, callback)  # noqa: E731 - one update per edit burst
+
+        def schedule(flush):      # every edit restarts the timer: one update DEBOUNCE_MS after the last edit
+            self._planningFlush = flush
+            self.planningTimer.start()
         self.logic.workflow.observe(node, volume, schedule=schedule, on_update=self._showTable)
         try:
-            self._showTable(self.logic.workflow.update_planning(node, volume))
+            self._showTable(self.logic.workflow.planning_table(node, volume))   # computed only when stale
         except Exception as exc:  # a foreign segmentation on another grid, missing scipy, ...
             logging.warning(f"BiSCSegmentation: no planning table for {node.GetName()}: {exc}")
         self.updateButtons()
+
+    def onPlanningTimer(self):
+        flush, self._planningFlush = self._planningFlush, None
+        if flush is not None:
+            try:
+                flush()
+            except Exception as exc:  # noqa: BLE001 - an edit never ends in an exception dialog
+                logging.warning(f"BiSCSegmentation: planning table not updated: {exc}")
 
     def _showTable(self, table):
         self._parameterNode.planningTable = table
@@ -452,19 +614,27 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             editor.setMasterVolumeNode(p.inputVolume)
 
-    def onShow3D(self):
-        segmentation.show_3d(self._parameterNode.outputSegmentation)
+    def onShow3D(self, checked=True):
+        """A toggle: surfaces on, and off again."""
+        node = self._parameterNode.outputSegmentation if self._parameterNode else None
+        if node is None:
+            return
+        shown = segmentation.toggle_3d(node, checked)
         layout = slicer.app.layoutManager()
-        if layout is not None and layout.threeDViewCount:
+        if shown and layout is not None and layout.threeDViewCount:
             layout.threeDWidget(0).threeDView().resetFocalPoint()
+        self.updateButtons()
 
     def onExportCsv(self):
         p = self._parameterNode
-        path = qt.QFileDialog.getSaveFileName(None, "Export planning table", f"{p.outputSegmentation.GetName()}.csv",
-                                              "CSV files (*.csv)")
+        folder = settings.load(self._settingsStore)["lastOutputFolder"]
+        start = os.path.join(folder, f"{p.outputSegmentation.GetName()}.csv") if folder and os.path.isdir(folder) \
+            else f"{p.outputSegmentation.GetName()}.csv"
+        path = qt.QFileDialog.getSaveFileName(None, "Export planning table", start, "CSV files (*.csv)")
         if path:
             with slicer.util.tryWithErrorDisplay("Could not write the CSV file.", waitCursor=True):
                 self.logic.workflow.export_csv(p.outputSegmentation, p.inputVolume, path)
+                settings.save(self._settingsStore, {"lastOutputFolder": os.path.dirname(os.path.abspath(path))})
 
 
 class BiSCSegmentationTest(ScriptedLoadableModuleTest):
@@ -489,10 +659,23 @@ class BiSCSegmentationTest(ScriptedLoadableModuleTest):
         volume = slicer.util.loadVolume(case["ct"])
         logic = BiSCSegmentationLogic()
         report = selftest.run_workflow(logic.workflow, volume, case, self.assertTrue, self.delayDisplay)
-        self.delayDisplay("Module panel: Locate kidneys through the widget, polled by its timer")
         slicer.util.selectModule("BiSCSegmentation")
         widget = slicer.modules.biscsegmentation.widgetRepresentation().self()
+        store = qt.QSettings()
+        remembered = settings.load(store)         # the panel remembers what the test sets: restored below
+        try:
+            self._panel(widget, volume, case, logic, report, store)
+        finally:
+            settings.reset(store)
+            settings.save(store, remembered)
+
+    def _panel(self, widget, volume, case, logic, report, store):
+        from BiSCSegmentationSlicer import proctree
+
+        self.delayDisplay("Module panel: Locate kidneys through the widget, polled by its timer")
         p = widget._parameterNode
+        for node in rois.roi_nodes(logic.workflow.ctx, volume):   # edited ROIs would make Locate ask first
+            slicer.mrmlScene.RemoveNode(node)
         p.inputVolume = volume
         p.modelSource = ModelSource.FILES
         p.roughModelPath, p.fineModelPath = case["rough"], case["fine"]
@@ -505,8 +688,36 @@ class BiSCSegmentationTest(ScriptedLoadableModuleTest):
             time.sleep(0.05)
         self.assertTrue(widget._run is None, "the widget's run did not finish")
         self.assertTrue(widget.ui.roiTableWidget.rowCount == len(logic.workflow.rois(volume)))
+
+        self.delayDisplay("Cancel ends the PythonSlicer launcher and the Python it started within 2 s")
+        widget.onLocate()
+        job = widget._run.job
+        deadline = time.time() + 60
+        while job.proc.poll() is None and not proctree.descendants(job.proc.pid) and time.time() < deadline:
+            time.sleep(0.02)
+        pids = [job.proc.pid] + proctree.descendants(job.proc.pid)
+        t0 = time.time()
+        widget.onCancel()
+        self.assertTrue(widget._run is None and time.time() - t0 < 2.5, "Cancel took too long")
+        self.assertTrue(not any(proctree.alive(pid) for pid in pids), f"worker processes left: {pids}")
+        self.assertTrue(not os.path.exists(job.dir), "the job folder was left behind")
+
+        self.delayDisplay("Settings are remembered; Reset to defaults forgets them")
+        p.mirror = True
+        self.assertTrue(settings.load(store)["mirror"] is True and settings.load(store)["device"] == "cpu")
+        widget.onResetSettings()
+        self.assertTrue(p.mirror is False and p.device == Device.AUTO and p.modelSource == ModelSource.BUNDLED)
+        self.assertTrue(settings.load(store)["mirror"] is False)
+
+        self.delayDisplay("Show 3D is a toggle")
         p.outputSegmentation = report["output"]
         self.assertTrue(widget.ui.exportCsvButton.enabled and widget.ui.editSegmentsButton.enabled)
-        widget.onShow3D()
+        widget.ui.show3DButton.checked = True
         self.assertTrue(report["output"].GetDisplayNode().GetVisibility3D())
+        widget.ui.show3DButton.checked = False
+        self.assertTrue(not report["output"].GetDisplayNode().GetVisibility3D(), "Show 3D did not hide again")
+
+        self.delayDisplay("Sample Data: the phantom CT")
+        sample = loadPhantomSample()
+        self.assertTrue(sample is not None and sample.GetName() == sampledata.NODE_NAME)
         self.delayDisplay("Test passed")

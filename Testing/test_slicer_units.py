@@ -202,7 +202,7 @@ def test_dependencies_are_pinned_and_installed_after_one_confirmation(monkeypatc
     monkeypatch.setattr(deps, "installed", lambda name: state.get(name, True))
     asked, pip, torch_calls = [], [], []
 
-    def install_torch():
+    def install_torch(reinstall=False):
         torch_calls.append(1)
         state["torch"] = True
         return object()

@@ -79,12 +79,11 @@ def test_process_job_killed_when_it_ignores_cancel(tmp_path):
 
     ct = Volume(np.zeros((4, 4, 4), np.int16) - 1000)
     job = ProcessJob(make_request("locate", {}), ct, python=_fake_python(tmp_path, "exec sleep 60"))
-    job.GRACE_S = 0.5
     job.start()
     job.cancel()
     t0 = time.monotonic()
     status, _ = _poll_all(job, timeout=20)
-    assert status.state == "cancelled" and time.monotonic() - t0 < 10
+    assert status.state == "cancelled" and time.monotonic() - t0 < 2.5
 
 
 def test_process_crash_is_reported_with_its_log(tmp_path):

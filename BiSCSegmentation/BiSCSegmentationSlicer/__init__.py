@@ -10,10 +10,17 @@ Modules:
     rois          Markups ROI nodes <-> KidneyROI (LPS mm), naming by side, checks before running
     terminology   standard codes, names and colors of the four output segments
     segmentation  output segmentation (sides, terminology, ownership), rough preview, label map export
+    labelmaps     segments as cropped arrays straight from the binary labelmaps (no scene nodes)
     planning      per-segment volumes, tumor diameters, tumor/kidney ratios; table node; CSV; live updates
     models        which model to run (bundled, files, URL) and how to load it
     worker        background runs (thread or separate process) with progress polling and cancel
-    dependencies  pinned pip installs after one confirmation, torch through PyTorchUtils
+    proctree      the worker's process tree: own process group, no console on Windows, kill the whole tree
+    devices       CUDA when usable else CPU (MPS only where tested), too-old torch, GPU out-of-memory fallback
+    dependencies  pinned pip installs after one confirmation (with progress, or a reinstall), torch through
+                  PyTorchUtils
+    settings      remembered panel settings (QSettings-like store), Reset to defaults
+    sampledata    the Sample Data phantom CT
+    about         the module's help and acknowledgement text
     logic         BiSCLogic: the workflow facade the module widget, the self-test and the tests use
     selftest      the whole workflow on a phantom, checked step by step (Slicer self-test and pytest)
     screenshots   offscreen VTK rendering of a scene for the README (not used by the module)

@@ -25,9 +25,11 @@ from .worker import ProcessJob, Status, ThreadJob, make_request
 NO_KIDNEY_MESSAGE = ("No kidney was found in this CT. Add an ROI by hand around each kidney (\"Add ROI\", then "
                      "move and resize it in the slice views) and press \"Segment kidneys\".")
 CANCELLED_MESSAGE = "Cancelled. Nothing was changed."
+CLOSED_MESSAGE = "The CT was closed or removed while the run was going; nothing was added to the scene."
 # the quality warnings of the run that wrote a segmentation travel with it (JSON list of code/severity/message)
 WARNINGS_ATTRIBUTE = "BiSCSegmentation.QualityWarnings"
-PLAIN_ERRORS = ("ModelFileError", "VolumeError", "ROIError", "ValueError", "SceneError", "FileNotFoundError")
+PLAIN_ERRORS = ("ModelFileError", "VolumeError", "ROIError", "ValueError", "SceneError", "FileNotFoundError",
+                "DeviceError", "ResourceLimitError")
 
 
 class WorkflowError(RuntimeError):
@@ -37,12 +39,13 @@ class WorkflowError(RuntimeError):
 @dataclass
 class Options:
     model: ModelChoice = field(default_factory=ModelChoice)
-    device: str = "auto"             # auto | cpu | cuda
+    device: str = "auto"             # auto | cpu | cuda (devices.resolve: CUDA when usable, else the CPU)
     mirror: bool = False             # test-time mirroring (8x slower)
     min_component_ml: float = 10.0   # rough stage: smallest structure taken for a kidney
     keep_small_tumors: bool = False  # fine stage: skip the model's tumor component step (decision.py)
     roi_growth: int = 0              # fine stage: grow an ROI the kidney reaches the face of, at most N times
     plain_tumor_borders: bool = False  # fine stage: skip the model's tumor margin step (decision.py, step 4)
+    backend: str = "auto"            # auto | torch | openvino (BiSCSegmentationLib.backends)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Run:
     ct: object
     job: object
     rois: list = field(default_factory=list)
+    roi_mode: str = "keep"      # locate: what happens to ROIs the user edited (rois.replace_rois)
 
 
 def warnings_text(warnings: Sequence) -> str:
@@ -82,8 +86,12 @@ def error_message(status: Status) -> str:
         return NO_KIDNEY_MESSAGE
     if kind == "Cancelled" or status.state == "cancelled":
         return CANCELLED_MESSAGE
-    if "out of memory" in text.lower():
-        return "The GPU ran out of memory. Choose device \"cpu\" in the Input section and try again."
+    if kind == "ModuleNotFoundError" and "torch" in text:
+        return ("PyTorch is not installed for the computation. Press \"Install dependencies\" in the Input "
+                "section (or \"Reinstall dependencies\" under Advanced).")
+    if "out of memory" in text.lower() and kind not in PLAIN_ERRORS:
+        return ("The computation ran out of memory, on the CPU too. Close other programs, or use smaller ROIs, "
+                "and try again.")
     if kind in PLAIN_ERRORS:
         return text
     if kind == "ProcessError":
@@ -100,6 +108,12 @@ class BiSCLogic:
         self.ctx, self.runner, self.python = ctx, runner, python
         self.observers = {}
         self.min_lesion_ml = planning.MIN_LESION_ML   # planning: separate tumors listed from this size
+        self.active: List[Run] = []                    # runs started and not finished or cancelled
+        import slicer
+
+        # closing the scene (File > Close Scene, loading another scene) cancels what runs on it
+        self._scene_tag = ctx.scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent,
+                                                lambda caller, event: self.scene_closing())
 
     # ----------------------------------------------------------------------------------------- inputs
     def ct(self, volume_node):
@@ -127,39 +141,82 @@ class BiSCLogic:
         ct = self.ct(volume_node)
         request = make_request(task, options.model.to_dict(), options.device, options.mirror,
                                options.min_component_ml, rois, options.keep_small_tumors, options.roi_growth,
-                               options.plain_tumor_borders)
+                               options.plain_tumor_borders, options.backend)
         job = ThreadJob(request, ct) if self.runner == "thread" else ProcessJob(request, ct, python=self.python)
-        return Run(task, volume_node, ct, job.start(), list(rois))
+        run = Run(task, volume_node, ct, job.start(), list(rois))
+        self.active.append(run)
+        return run
 
-    @staticmethod
-    def _check(run: Run, status: Status, task: str) -> dict:
+    def cancel(self, run: Run) -> List[int]:
+        """Stop a run (the process tree is ended, see worker.ProcessJob.cancel); PIDs left alive, if any."""
+        if run in self.active:
+            self.active.remove(run)
+        return run.job.cancel()
+
+    def scene_closing(self) -> None:
+        """The scene is being closed: cancel the runs and stop watching its segmentations."""
+        self.cancel_all()
+        for obs in self.observers.values():
+            obs.close()
+        self.observers = {}
+
+    def cancel_all(self) -> List[int]:
+        """Cancel every active run (scene close, module reload, application exit)."""
+        survivors = []
+        for run in list(self.active):
+            survivors += self.cancel(run)
+        return survivors
+
+    def _check(self, run: Run, status: Status, task: str) -> dict:
         if run.task != task:
             raise ValueError(f"this is a {run.task} run, not a {task} run")
         if not status.finished:
             raise ValueError("the run has not finished yet")
+        if run in self.active:
+            self.active.remove(run)
         if status.state != "done":
             raise WorkflowError(error_message(status))
+        if run.volume_node is None or not self.ctx.scene.IsNodePresent(run.volume_node):
+            raise WorkflowError(CLOSED_MESSAGE)
         return status.result
 
     # ----------------------------------------------------------------------------------------- locate
-    def start_locate(self, volume_node, options: Options) -> Run:
-        """Rough stage in the background."""
-        return self._start("locate", volume_node, options)
+    def start_locate(self, volume_node, options: Options, roi_mode: str = "keep") -> Run:
+        """Rough stage in the background. ``roi_mode`` says what happens to ROIs the person edited when the
+        result arrives (rois.replace_rois: "keep" them, the default, or "replace" them; ask first with
+        :meth:`edited_rois`)."""
+        if roi_mode not in roi_nodes.ROI_MODES:
+            raise ValueError(f"roi_mode must be one of {roi_nodes.ROI_MODES}")
+        run = self._start("locate", volume_node, options)
+        run.roi_mode = roi_mode
+        return run
 
     def finish_locate(self, run: Run, status: Status):
         """ROI nodes + rough preview from a finished locate run; raises WorkflowError when nothing was found
         (the preview is still shown)."""
         result = self._check(run, status, "locate")
-        return self.apply_rough(run.volume_node, result["mask"], result["rois"], ct=run.ct)
+        return self.apply_rough(run.volume_node, result["mask"], result["rois"], ct=run.ct, mode=run.roi_mode)
 
-    def apply_rough(self, volume_node, mask: np.ndarray, rois: List, ct=None):
-        """Show a rough result: translucent preview and one ROI node per kidney (replacing earlier ones)."""
+    def edited_rois(self, volume_node) -> list:
+        """ROI nodes moved, resized or renamed since Locate made them, or added by hand (kept by Locate)."""
+        return roi_nodes.edited_rois(self.ctx, volume_node)
+
+    def watch_rois(self, volume_node, on_change) -> roi_nodes.ROIWatcher:
+        """Call ``on_change()`` on every change of the volume's ROI nodes (the panel's list follows)."""
+        return roi_nodes.ROIWatcher(self.ctx, volume_node, on_change)
+
+    def apply_rough(self, volume_node, mask: np.ndarray, rois: List, ct=None, mode: str = "keep"):
+        """Show a rough result: translucent preview and one ROI node per kidney (the person's edited ROIs are
+        kept unless ``mode`` is "replace"; "ask" raises rois.ROIsEdited before anything changes)."""
         ct = ct if ct is not None else self.ct(volume_node)
         mid = roi_nodes.midline_x(volume_node, ct)
+        if mode == "ask" and self.edited_rois(volume_node):
+            raise roi_nodes.ROIsEdited(self.edited_rois(volume_node))
         preview = segs.write_preview(self.ctx, volume_node, mask)
-        nodes = roi_nodes.replace_rois(self.ctx, volume_node, rois)
+        nodes = roi_nodes.replace_rois(self.ctx, volume_node, rois, mode=mode)
         for node in nodes:
             roi_nodes.update_side(node, mid)
+            roi_nodes.mark_located(node)       # named by side now: that is the box and name Locate made
         if not rois:
             raise WorkflowError(NO_KIDNEY_MESSAGE)
         return nodes, preview
@@ -203,8 +260,13 @@ class BiSCLogic:
 
     def apply_labels(self, volume_node, labels: np.ndarray, rois: List, mode: str = "ask", ct=None):
         ct = ct if ct is not None else self.ct(volume_node)
-        node = segs.write_output(self.ctx, volume_node, ct.with_array(np.asarray(labels, np.uint8)), rois,
-                                 roi_nodes.midline_x(volume_node, ct), mode=mode)
+        import contextlib
+
+        with contextlib.ExitStack() as stack:     # the table is updated once, below, not per written segment
+            for obs in self.observers.values():
+                stack.enter_context(obs.paused())
+            node = segs.write_output(self.ctx, volume_node, ct.with_array(np.asarray(labels, np.uint8)), rois,
+                                     roi_nodes.midline_x(volume_node, ct), mode=mode)
         preview = segs.find_preview(self.ctx, volume_node)
         if preview is not None and preview.GetDisplayNode() is not None:
             preview.GetDisplayNode().SetVisibility(False)
@@ -217,6 +279,13 @@ class BiSCLogic:
     # --------------------------------------------------------------------------------------- planning
     def update_planning(self, seg_node, volume_node):
         return planning.update_table(self.ctx, seg_node, volume_node, min_lesion_ml=self.min_lesion_ml)
+
+    def planning_table(self, seg_node, volume_node):
+        """The segmentation's planning table, computed only when it is not current (showing a result that
+        was just written does not compute it again)."""
+        if planning.is_current(self.ctx, seg_node, volume_node, self.min_lesion_ml):
+            return planning.find_table(self.ctx, seg_node)
+        return self.update_planning(seg_node, volume_node)
 
     def planning_rows(self, seg_node, volume_node):
         return planning.compute_rows(self.ctx, seg_node, volume_node, self.min_lesion_ml)
@@ -235,9 +304,14 @@ class BiSCLogic:
         return planning.write_csv(self.planning_rows(seg_node, volume_node), path)
 
     def close(self) -> None:
+        """Cancel active runs and stop observing (module reload, application exit)."""
+        self.cancel_all()
         for obs in self.observers.values():
             obs.close()
         self.observers = {}
+        if self._scene_tag is not None:
+            self.ctx.scene.RemoveObserver(self._scene_tag)
+            self._scene_tag = None
 
     # ------------------------------------------------------------------------------------ synchronous
     def locate(self, volume_node, options: Options, timeout: Optional[float] = None):

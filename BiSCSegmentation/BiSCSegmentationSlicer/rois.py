@@ -4,12 +4,21 @@ A kidney ROI node is a box-shaped ``vtkMRMLMarkupsROINode`` with the attribute `
 set to the ID of the CT it belongs to. It is axis-aligned (rotation handles are hidden), so its RAS center and
 size map exactly to a :class:`~BiSCSegmentationLib.roi.KidneyROI` (LPS center = RAS center with x and y
 negated; same size). Nodes are named by their side in patient coordinates ("Right kidney ROI" when the box
-centre lies on the patient's right of the body midline), and renamed when a person moves them across it.
+centre lies on the patient's right of the body midline), and renamed when a person moves them across it
+(a name the person gave is kept).
+
+Edits are never lost silently. An ROI made by *Locate kidneys* remembers the box it was created with
+(``BiSCSegmentation.LocatedBox``); one that was moved, resized or renamed since, and one added by hand, is
+*edited* (:func:`is_edited`). Locating again keeps edited ROIs by default and replaces only the others
+(:func:`replace_rois`, mode "keep"); "replace" replaces all (after the person agreed), "ask" raises
+:class:`ROIsEdited`. :class:`ROIWatcher` reports every change of the volume's ROI nodes (move, resize, rename,
+attributes, transform, nodes added or deleted anywhere, e.g. in the Data module) so the panel's list follows.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,6 +27,9 @@ from .scene import SceneContext, SceneError, check_untransformed, place_beside
 ROI_ATTRIBUTE = "BiSCSegmentation.KidneyROI"
 SIDE_ATTRIBUTE = "BiSCSegmentation.Side"
 MIDLINE_ATTRIBUTE = "BiSCSegmentation.MidlineX"
+LOCATED_ATTRIBUTE = "BiSCSegmentation.LocatedBox"   # JSON {"center": RAS, "size", "name"} as Locate made it
+ROI_MODES = ("keep", "replace", "ask")
+EDIT_TOLERANCE_MM = 1e-3
 SIDE_COLORS = {"right": (0.95, 0.55, 0.2), "left": (0.25, 0.6, 0.95), "both": (0.85, 0.35, 0.85),
                "unknown": (0.9, 0.9, 0.3)}
 DEFAULT_SIZE_MM = (120.0, 120.0, 160.0)   # a generous box around one adult kidney
@@ -109,6 +121,16 @@ def _style(node, side: str) -> None:
     display.SetScaleHandleVisibility(True)
 
 
+class ROIsEdited(RuntimeError):
+    """Locating again would replace ROIs the person edited; the caller asks (replace / keep mine / cancel)."""
+
+    def __init__(self, nodes):
+        self.nodes = list(nodes)
+        names = ", ".join(f"\"{n.GetName()}\"" for n in self.nodes)
+        super().__init__(f"You moved, resized, renamed or added {len(self.nodes)} kidney ROI(s) ({names}). "
+                         f"Replace them with the new ROIs, or keep yours (only the others are replaced)?")
+
+
 def create_roi_node(ctx: SceneContext, volume_node, roi, midline: Optional[float] = None):
     """A Markups ROI node for a cascade ROI (LPS center/size), named and colored by side."""
     node = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", roi.name)
@@ -139,11 +161,66 @@ def add_roi(ctx: SceneContext, volume_node, center_lps: Optional[Sequence[float]
     return create_roi_node(ctx, volume_node, roi, midline=None if side else mid)
 
 
-def replace_rois(ctx: SceneContext, volume_node, rois: Sequence) -> list:
-    """Remove the volume's kidney ROI nodes and create one per cascade ROI (after "Locate kidneys")."""
+def _box_ras(node) -> dict:
+    return {"center": [float(v) for v in node.GetCenter()], "size": [float(v) for v in node.GetSize()],
+            "name": node.GetName()}
+
+
+def mark_located(node) -> None:
+    """Remember the node's box as Locate made it (an ROI differing from it later was edited)."""
+    node.SetAttribute(LOCATED_ATTRIBUTE, json.dumps(_box_ras(node)))
+
+
+def is_edited(node) -> bool:
+    """Moved, resized or renamed since Locate made it, or added by hand (or by anyone else)."""
+    raw = node.GetAttribute(LOCATED_ATTRIBUTE)
+    if not raw:
+        return True
+    try:
+        made = json.loads(raw)
+    except ValueError:
+        return True
+    now = _box_ras(node)
+    moved = not np.allclose(now["center"], made["center"], atol=EDIT_TOLERANCE_MM, rtol=0)
+    resized = not np.allclose(now["size"], made["size"], atol=EDIT_TOLERANCE_MM, rtol=0)
+    renamed = now["name"] != made["name"] and now["name"] != roi_name(node.GetAttribute(SIDE_ATTRIBUTE) or "")
+    return bool(moved or resized or renamed or node.GetParentTransformNode() is not None)
+
+
+def edited_rois(ctx: SceneContext, volume_node) -> list:
+    return [n for n in roi_nodes(ctx, volume_node) if is_edited(n)]
+
+
+def _overlaps(a, b) -> bool:
+    """Whether either box holds the other's centre (the same kidney, most likely)."""
+    return bool(a.contains(np.asarray(b.center)[None])[0] or b.contains(np.asarray(a.center)[None])[0])
+
+
+def replace_rois(ctx: SceneContext, volume_node, rois: Sequence, mode: str = "keep") -> list:
+    """The volume's kidney ROI nodes after "Locate kidneys" found ``rois``; returns the nodes created.
+
+    ``mode`` "keep" (default): edited ROIs stay as they are, the others are replaced, and a new ROI is not
+    added where a kept one already covers that kidney; "replace": all are replaced; "ask": raises
+    :class:`ROIsEdited` when any ROI was edited (nothing changed), else replaces.
+    """
+    if mode not in ROI_MODES:
+        raise ValueError(f"mode must be one of {ROI_MODES}, not {mode!r}")
+    edited = edited_rois(ctx, volume_node)
+    if mode == "ask" and edited:
+        raise ROIsEdited(edited)
+    kept = edited if mode == "keep" else []
+    kept_boxes = [kidney_roi(n) for n in kept if n.GetParentTransformNode() is None]
     for node in roi_nodes(ctx, volume_node):
-        ctx.remove(node)
-    return [create_roi_node(ctx, volume_node, r) for r in rois]
+        if node not in kept:
+            ctx.remove(node)
+    created = []
+    for r in rois:
+        if any(_overlaps(r, k) for k in kept_boxes):
+            continue
+        node = create_roi_node(ctx, volume_node, r)
+        mark_located(node)
+        created.append(node)
+    return created
 
 
 def node_box_lps(node) -> Tuple[np.ndarray, np.ndarray, bool]:
@@ -196,13 +273,19 @@ def show_grown(ctx: SceneContext, volume_node, requested: Sequence, used: Sequen
 
 
 def update_side(node, midline: float) -> str:
-    """Re-derive the node's side from where it is now; rename and recolor it when the side changed."""
+    """Re-derive the node's side from where it is now; recolor it when the side changed, and rename it too
+    unless the person gave it a name of their own (a name that is no automatic one is kept)."""
     center, size, _ = node_box_lps(node)
     side = side_of(center[0] - size[0] / 2.0, center[0] + size[0] / 2.0, midline)
-    if node.GetAttribute(SIDE_ATTRIBUTE) != side or node.GetName() != roi_name(side):
+    old = node.GetAttribute(SIDE_ATTRIBUTE)
+    automatic = node.GetName() in {roi_name(s) for s in SIDE_COLORS}
+    if old != side or (automatic and node.GetName() != roi_name(side)):
+        was = node.StartModify()
         node.SetAttribute(SIDE_ATTRIBUTE, side)
-        node.SetName(roi_name(side))
+        if automatic:
+            node.SetName(roi_name(side))
         _style(node, side)
+        node.EndModify(was)
     return side
 
 
@@ -244,3 +327,56 @@ def problems_before_segmenting(rows: Sequence[ROIRow]) -> List[str]:
         return ["There is no kidney ROI. Press \"Locate kidneys\", or add an ROI by hand around each kidney "
                 "(\"Add ROI\") and press \"Segment kidneys\"."]
     return [p for r in rows for p in r.problems]
+
+
+class ROIWatcher:
+    """Calls ``on_change()`` whenever anything about ``volume_node``'s kidney ROIs may have changed: an ROI node
+    moved, resized, renamed or re-attributed, put under a transform, added or deleted (by this module, the
+    Data module, Python, ...). The panel passes a debounced refresh of its ROI list."""
+
+    NODE_EVENTS = ("ModifiedEvent", "PointModifiedEvent", "PointEndInteractionEvent", "TransformModifiedEvent")
+
+    def __init__(self, ctx: SceneContext, volume_node, on_change: Callable[[], None]):
+        import slicer
+        import vtk
+
+        self.ctx, self.volume_node, self.on_change = ctx, volume_node, on_change
+        self._node_tags = {}     # node -> [tags]
+        self._events = [e for e in (getattr(slicer.vtkMRMLMarkupsNode, n, None) or getattr(vtk.vtkCommand, n, None)
+                                    for n in self.NODE_EVENTS) if e is not None]
+        self._scene_tags = [ctx.scene.AddObserver(e, self._scene_changed)
+                            for e in (slicer.vtkMRMLScene.NodeAddedEvent, slicer.vtkMRMLScene.NodeRemovedEvent)]
+        self.sync()
+
+    def _scene_changed(self, caller=None, event=None) -> None:
+        if self.sync():
+            self.on_change()
+
+    def _node_changed(self, caller=None, event=None) -> None:
+        self.on_change()
+
+    def sync(self) -> bool:
+        """Observe exactly the scene's ROI nodes (a node becomes a kidney ROI by an attribute set after it
+        was added, so all of them are watched; the list shows the volume's); True when that set changed."""
+        now = self.ctx.nodes_by_class("vtkMRMLMarkupsROINode") if self.volume_node is not None else []
+        changed = set(now) != set(self._node_tags)
+        for node in [n for n in self._node_tags if n not in now]:
+            for tag in self._node_tags.pop(node):
+                node.RemoveObserver(tag)
+        for node in now:
+            if node not in self._node_tags:
+                self._node_tags[node] = [node.AddObserver(e, self._node_changed) for e in self._events]
+        return changed
+
+    @property
+    def observed(self) -> list:
+        return list(self._node_tags)
+
+    def close(self) -> None:
+        for node, tags in self._node_tags.items():
+            for tag in tags:
+                node.RemoveObserver(tag)
+        self._node_tags = {}
+        for tag in self._scene_tags:
+            self.ctx.scene.RemoveObserver(tag)
+        self._scene_tags = []

@@ -16,7 +16,8 @@ import slicer
 import vtk
 
 from . import terminology as term
-from .scene import SceneContext, SceneError, add_volume_node, place_beside, read_node, unique_name
+from .labelmaps import _labelmap_name, _nonzero_box, segment_boxes  # noqa: F401 - re-exported
+from .scene import SceneContext, SceneError, place_beside, read_node, unique_name
 
 OUTPUT_ATTRIBUTE = "BiSCSegmentation.Output"
 FINGERPRINT_ATTRIBUTE = "BiSCSegmentation.Fingerprint"
@@ -52,15 +53,18 @@ def assign_sides(labels, rois: Sequence, midline: float) -> np.ndarray:
 
     fg = np.asarray(labels.array) > 0
     sides = np.zeros(fg.shape, np.uint8)
-    if not fg.any():
+    ks = np.flatnonzero(fg.any(axis=(1, 2)))
+    if not len(ks):
         return sides
-    comp, count = ndimage.label(fg, structure=np.ones((3, 3, 3), bool))
-    centroids = ndimage.center_of_mass(fg, comp, range(1, count + 1))
-    for n, kji in enumerate(centroids, start=1):
-        c_lps = labels.index_to_physical(np.asarray(kji, dtype=float)[::-1])
+    js = np.flatnonzero(fg[ks[0]:ks[-1] + 1].any(axis=(0, 2)))
+    iz = np.flatnonzero(fg[ks[0]:ks[-1] + 1].any(axis=(0, 1)))
+    box = (slice(ks[0], ks[-1] + 1), slice(js[0], js[-1] + 1), slice(iz[0], iz[-1] + 1))
+    comp, count = ndimage.label(fg[box], structure=np.ones((3, 3, 3), bool))   # inside the foreground's box:
+    for n, sl in enumerate(ndimage.find_objects(comp), start=1):             # a whole-CT scan per structure
+        kji_idx = np.argwhere(comp[sl] == n) + np.array([box[a].start + sl[a].start for a in range(3)])  # is slow
+        c_lps = labels.index_to_physical(kji_idx.mean(axis=0)[::-1])
         candidates = [r for r in rois if r.contains(c_lps[None])[0]]
         best = min(candidates, key=lambda r: float(np.linalg.norm(np.asarray(r.center) - c_lps)), default=None)
-        kji_idx = np.argwhere(comp == n)
         x = labels.index_to_physical(kji_idx[:, ::-1].astype(float))[:, 0]
         crosses = x.min() < midline - CROSSING_MM and x.max() > midline + CROSSING_MM
         if best is not None and best.side in ("right", "left") and not crosses:
@@ -99,8 +103,6 @@ def fingerprint(seg_node) -> str:
     return h.hexdigest()
 
 
-def _labelmap_name() -> str:
-    return slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
 
 
 def find_output(ctx: SceneContext, volume_node):
@@ -119,21 +121,30 @@ def is_edited(seg_node) -> bool:
 
 # ------------------------------------------------------------------------------------------------ output
 def _import_indexed(ctx: SceneContext, seg_node, reference, indexed: np.ndarray, specs: List) -> None:
-    """Fill ``specs`` segments of ``seg_node`` from an index label map (value = spec.index) on ``reference``."""
-    from .scene import volume_from_node
+    """Fill ``specs`` segments of ``seg_node`` from an index label map (value = spec.index) on ``reference``'s
+    grid: each segment from a binary image of its own box, straight into the segmentation (no helper node
+    appears in the scene); the segments then share labelmap layers where they do not overlap."""
+    from vtk.util import numpy_support
 
-    compact = np.zeros(indexed.shape, np.uint8)
-    ids = vtk.vtkStringArray()
-    for n, spec in enumerate(specs, start=1):
-        compact[indexed == spec.index] = n
-        ids.InsertNextValue(spec.segment_id)
-    geometry = volume_from_node(reference, copy=False)
-    label_node = add_volume_node(ctx, geometry.with_array(compact), "BiSCSegmentation temporary", labelmap=True)
-    try:
-        if not ctx.segmentations.ImportLabelmapToSegmentationNode(label_node, seg_node, ids):
-            raise SceneError("could not import the label map into the segmentation")
-    finally:
-        ctx.remove(label_node)
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    reference.GetIJKToRASMatrix(ijk_to_ras)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    for spec in specs:
+        mask = indexed == spec.index
+        box = _nonzero_box(mask)
+        if box is None:
+            continue
+        k0, k1, j0, j1, i0, i1 = box
+        image = slicer.vtkOrientedImageData()
+        image.SetExtent(i0, i1, j0, j1, k0, k1)
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        image.SetImageToWorldMatrix(ijk_to_ras)
+        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = \
+            mask[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1].astype(np.uint8).ravel()
+        if not logic.SetBinaryLabelmapToSegment(image, seg_node, spec.segment_id, logic.MODE_REPLACE,
+                                                image.GetExtent()):
+            raise SceneError(f"could not write the segment {spec.name}")
+    seg_node.GetSegmentation().CollapseBinaryLabelmaps(False)
 
 
 def write_output(ctx: SceneContext, volume_node, labels, rois: Sequence, midline: float,
@@ -207,20 +218,18 @@ def find_preview(ctx: SceneContext, volume_node):
 
 # ------------------------------------------------------------------------------------------------ export
 def segment_masks(ctx: SceneContext, seg_node, reference) -> Dict[str, np.ndarray]:
-    """{segment ID: bool mask [k, j, i]} of every segment, resampled onto ``reference``'s grid."""
+    """{segment ID: bool mask [k, j, i]} of every segment on ``reference``'s full grid (no scene node)."""
+    shape = tuple(reference.GetImageData().GetDimensions())[::-1]
+    boxes = segment_boxes(seg_node, reference)
     out = {}
     seg = seg_node.GetSegmentation()
     for n in range(seg.GetNumberOfSegments()):
         sid = seg.GetNthSegmentID(n)
-        ids = vtk.vtkStringArray()
-        ids.InsertNextValue(sid)
-        label_node = ctx.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "BiSCSegmentation export")
-        try:
-            if not ctx.segmentations.ExportSegmentsToLabelmapNode(seg_node, ids, label_node, reference):
-                raise SceneError(f"could not export segment {seg.GetSegment(sid).GetName()}")
-            out[sid] = slicer.util.arrayFromVolume(label_node) > 0
-        finally:
-            ctx.remove(label_node)
+        full = np.zeros(shape, bool)
+        if sid in boxes:
+            mask, (k, j, i) = boxes[sid]
+            full[k:k + mask.shape[0], j:j + mask.shape[1], i:i + mask.shape[2]] = mask
+        out[sid] = full
     return out
 
 
@@ -243,8 +252,22 @@ def export_labels(ctx: SceneContext, seg_node, reference):
 
 
 # ----------------------------------------------------------------------------------------------- display
+def is_shown_3d(seg_node) -> bool:
+    """Whether the segments are shown as surfaces in 3D views (what the module's Show 3D toggle displays)."""
+    display = seg_node.GetDisplayNode() if seg_node is not None else None
+    return bool(display is not None and display.GetVisibility() and display.GetVisibility3D()
+                and seg_node.GetSegmentation().ContainsRepresentation(
+                    slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()))
+
+
+def toggle_3d(seg_node, visible: bool) -> bool:
+    """Show 3D as a toggle: surfaces on (made when missing) or off again; returns whether they are shown."""
+    show_3d(seg_node, visible)
+    return is_shown_3d(seg_node)
+
+
 def show_3d(seg_node, visible: bool = True) -> None:
-    """Closed surfaces in the 3D view (one click in the module)."""
+    """Closed surfaces in the 3D view (one click in the module); ``visible=False`` hides them again."""
     if visible:
         seg_node.CreateClosedSurfaceRepresentation()
     display = seg_node.GetDisplayNode()

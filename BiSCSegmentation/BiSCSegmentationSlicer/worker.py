@@ -3,8 +3,10 @@
 Both runners have the same interface: ``start()``, ``poll() -> Status`` (cheap; the widget calls it from a
 timer), ``cancel()`` and ``wait()``. Only numpy arrays and plain data cross over; all MRML work stays on the
 main thread. The process runner (default in Slicer) keeps Slicer responsive even where Python threads are
-starved, survives crashes of the computation, and can always be stopped: it is first asked to stop (a
-``cancel`` file the cascade's cancel check sees), then terminated after a grace period.
+starved, survives crashes of the computation, and can always be stopped: ``cancel()`` ends the worker's
+whole process tree (the ``PythonSlicer`` launcher and the Python it starts, see :mod:`proctree`), confirms
+within 2 s that nothing of it is left, and removes the job folder. The worker runs without a console window
+on Windows, and ends itself when Slicer's process disappears; live jobs are also ended when Python exits.
 
 Process protocol (a job folder): ``request.json`` + ``ct.npy`` + ``ct.json`` in; ``progress.json`` (replaced
 atomically while running); ``result.npz`` + ``result.json`` or ``error.json`` out; ``log.txt`` is stderr.
@@ -12,6 +14,7 @@ Run as ``python -c BOOT MODULE_DIR JOBDIR`` (or ``python -m BiSCSegmentationSlic
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -22,9 +25,11 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
+
+from . import proctree
 
 STAGE_TEXT = {"starting": "Starting", "loading models": "Loading the model", "download": "Downloading the model",
               "rough": "Locating kidneys (rough stage)", "fine": "Segmenting kidneys (fine stage)"}
@@ -62,6 +67,11 @@ class Status:
         return [QualityWarning.from_dict(w) for w in (self.result or {}).get("warnings", [])]
 
     @property
+    def notes(self) -> list:
+        """What the user should know about how the run went (device choices, the CPU fallback)."""
+        return list((self.result or {}).get("notes", []))
+
+    @property
     def ran_on(self) -> str:
         """" (OpenVINO f32 on CPU, 2.1 s)"-style suffix for the status line; empty before a result."""
         r = self.result or {}
@@ -71,17 +81,39 @@ class Status:
 
 def make_request(task: str, model: dict, device: str = "auto", mirror: bool = False,
                  min_component_ml: float = 10.0, rois=(), keep_small_tumors: bool = False,
-                 roi_growth: int = 0, plain_tumor_borders: bool = False) -> dict:
+                 roi_growth: int = 0, plain_tumor_borders: bool = False, backend: str = "auto") -> dict:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}")
     return {"task": task, "model": dict(model), "device": device, "mirror": bool(mirror),
             "min_component_ml": float(min_component_ml), "rois": [r.to_dict() for r in rois],
             "keep_small_tumors": bool(keep_small_tumors), "roi_growth": int(roi_growth),
-            "plain_tumor_borders": bool(plain_tumor_borders)}
+            "plain_tumor_borders": bool(plain_tumor_borders), "backend": backend}
 
 
 def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -> dict:
-    """The work itself (any thread or process): load the model, run one stage on ``ct`` (a Volume)."""
+    """The work itself (any thread or process): pick the device (devices.resolve), load the model, run one
+    stage on ``ct`` (a Volume). A GPU that runs out of memory is replaced by the CPU once; ``notes`` in the
+    result tell the user about such choices."""
+    import torch
+
+    from . import devices
+
+    device, notes = devices.resolve(request.get("device", "auto"), torch)
+    try:
+        result = _compute_on(device, request, ct, progress, cancel)
+    except Exception as exc:  # noqa: BLE001 - only a GPU out-of-memory error is retried
+        if device == "cpu" or not devices.is_out_of_memory(exc):
+            raise
+        if hasattr(torch, "cuda") and device == "cuda":
+            torch.cuda.empty_cache()
+        notes.append(devices.OOM_FALLBACK_NOTE)
+        progress("starting", 0.0)
+        result = _compute_on("cpu", request, ct, progress, cancel)
+    result["notes"] = notes
+    return result
+
+
+def _compute_on(device: str, request: dict, ct, progress, cancel) -> dict:
     from BiSCSegmentationLib.cascade import CascadePredictor
     from BiSCSegmentationLib.roi import KidneyROI
 
@@ -89,10 +121,11 @@ def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -
 
     progress("loading models", 0.0)
     rough, fine = load_models(ModelChoice.from_dict(request["model"]), progress)
-    predictor = CascadePredictor(rough, fine, device=request.get("device", "auto"), mirror=request.get("mirror", False),
+    predictor = CascadePredictor(rough, fine, device=device, mirror=request.get("mirror", False),
                                  progress=progress, cancel=cancel,
                                  min_component_ml=float(request.get("min_component_ml", 10.0)),
-                                 roi_growth=int(request.get("roi_growth", 0)))
+                                 roi_growth=int(request.get("roi_growth", 0)),
+                                 backend=request.get("backend", "auto") or "auto")
     if request.get("keep_small_tumors"):
         predictor.decision = predictor.decision.without_small_tumor_step()
     if request.get("plain_tumor_borders"):
@@ -149,8 +182,10 @@ class ThreadJob:
         with self._lock:
             return Status(**self._status.__dict__)
 
-    def cancel(self) -> None:
+    def cancel(self) -> List[int]:
+        """Ask the thread to stop (cooperative: the cascade checks between windows); nothing to kill."""
         self._cancel.set()
+        return []
 
     def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> Status:
         return _wait(self, timeout, interval)
@@ -171,10 +206,25 @@ def python_executable() -> str:
     return shutil.which("PythonSlicer") or sys.executable
 
 
+_LIVE = set()   # ProcessJobs started and not finished: ended (and their folders removed) at interpreter exit
+
+
+def cancel_all() -> int:
+    """Cancel every live process job (application exit, module reload); returns how many were running."""
+    jobs = [job for job in list(_LIVE) if job.running]
+    for job in jobs:
+        job.cancel()
+    return len(jobs)
+
+
+atexit.register(cancel_all)
+
+
 class ProcessJob:
     """Runs :func:`compute` in a separate Python (see the module docstring for the protocol)."""
 
-    GRACE_S = 5.0
+    KILL_TIMEOUT_S = 2.0      # cancel() confirms the whole tree is gone within this time
+    WATCH_INTERVAL_S = 1.0    # how often poll() notes the worker's descendants (found even if the launcher dies)
 
     def __init__(self, request: dict, ct, python: Optional[str] = None, env: Optional[dict] = None):
         self.request, self.ct = request, ct
@@ -183,8 +233,15 @@ class ProcessJob:
         self.dir = ""
         self.proc: Optional[subprocess.Popen] = None
         self._final: Optional[Status] = None
-        self._kill_at: Optional[float] = None
         self._log = None
+        self._seen: List[int] = []       # descendants of the worker seen so far
+        self._seen_at = 0.0
+        self.survivors: List[int] = []   # PIDs a cancel could not end (empty: confirmed gone)
+        self.cancel_seconds: Optional[float] = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self._final is None
 
     def start(self) -> "ProcessJob":
         self.dir = tempfile.mkdtemp(prefix="bisc-job-")
@@ -192,14 +249,19 @@ class ProcessJob:
         _write_json(os.path.join(self.dir, "ct.json"), {"spacing": list(self.ct.spacing),
                                                         "origin": list(self.ct.origin),
                                                         "direction": np.asarray(self.ct.direction).tolist()})
-        _write_json(os.path.join(self.dir, "request.json"), self.request)
+        _write_json(os.path.join(self.dir, "request.json"), dict(self.request, parent_pid=os.getpid()))
         env = dict(os.environ if self.env is None else self.env)
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # holds BiSCSegmentationLib too
         env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in [env.get("PYTHONPATH", "")] if p])
         self._log = open(os.path.join(self.dir, "log.txt"), "wb")
-        self.proc = subprocess.Popen([self.python, "-c", BOOT, here, self.dir],
-                                     stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=env, cwd=self.dir)
+        try:
+            self.proc = subprocess.Popen([self.python, "-c", BOOT, here, self.dir],
+                                         stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                         env=env, cwd=self.dir, **proctree.popen_kwargs())
+        except OSError:
+            self._finish(Status(state="failed"))
+            raise
+        _LIVE.add(self)
         return self
 
     def poll(self) -> Status:
@@ -207,10 +269,10 @@ class ProcessJob:
             return self._final
         code = self.proc.poll()
         if code is None:
-            if self._kill_at is not None and time.monotonic() > self._kill_at:
-                self.proc.kill()
-                self.proc.wait()
-                return self._finish(Status(state="cancelled", error="cancelled", error_kind="Cancelled"))
+            now = time.monotonic()
+            if now - self._seen_at > self.WATCH_INTERVAL_S:
+                self._seen_at = now
+                self._seen = list(dict.fromkeys(self._seen + proctree.descendants(self.proc.pid)))
             progress = _read_json(os.path.join(self.dir, "progress.json")) or {}
             return Status(state="running", stage=progress.get("stage", "starting"),
                           fraction=float(progress.get("fraction", 0.0)))
@@ -229,20 +291,23 @@ class ProcessJob:
             if "rois" in meta:
                 from BiSCSegmentationLib.roi import KidneyROI
                 result["rois"] = [KidneyROI(r["center"], r["size"], r["side"]) for r in meta["rois"]]
-            result.update({k: meta[k] for k in ("backend", "seconds", "warnings") if k in meta})
+            result.update({k: meta[k] for k in ("backend", "seconds", "warnings", "notes") if k in meta})
             return Status(state="done", stage=meta.get("stage", ""), fraction=1.0, result=result)
-        if self._kill_at is not None:
-            return Status(state="cancelled", error="cancelled", error_kind="Cancelled")
         tail = self.log_tail()
         return Status(state="failed", error_kind="ProcessError", details=tail,
                       error=f"the background process stopped unexpectedly (exit code {code})")
 
     def _finish(self, status: Status) -> Status:
         self._final = status
+        _LIVE.discard(self)
         if self._log is not None:
             self._log.close()
             self._log = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+        for _ in range(20):   # Windows: a file of a just-killed process can stay locked for a moment
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if not os.path.exists(self.dir):
+                break
+            time.sleep(0.05)
         return status
 
     def log_tail(self, lines: int = 20) -> str:
@@ -252,10 +317,21 @@ class ProcessJob:
         except OSError:
             return ""
 
-    def cancel(self) -> None:
-        if self.proc is not None and self.proc.poll() is None and self._kill_at is None:
-            open(os.path.join(self.dir, "cancel"), "w").close()
-            self._kill_at = time.monotonic() + self.GRACE_S
+    def cancel(self) -> List[int]:
+        """End the worker's whole process tree now, remove the job folder, and return the PIDs still alive
+        after KILL_TIMEOUT_S (empty: confirmed gone). A finished job is left as it is."""
+        if self._final is not None or self.proc is None:
+            return []
+        t0 = time.monotonic()
+        known = self._seen + proctree.descendants(self.proc.pid)
+        self.survivors = proctree.kill_tree(self.proc.pid, self.KILL_TIMEOUT_S, known=known)
+        try:
+            self.proc.wait(timeout=self.KILL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:   # pragma: no cover - reported through survivors
+            self.survivors = list(dict.fromkeys(self.survivors + [self.proc.pid]))
+        self.cancel_seconds = time.monotonic() - t0
+        self._finish(Status(state="cancelled", error="cancelled", error_kind="Cancelled"))
+        return self.survivors
 
     def wait(self, timeout: Optional[float] = None, interval: float = 0.1) -> Status:
         return _wait(self, timeout, interval)
@@ -283,6 +359,7 @@ def main(argv=None) -> int:
     from BiSCSegmentationLib.volume import Volume
 
     request = _read_json(os.path.join(jobdir, "request.json"))
+    proctree.watch_parent(int(request.get("parent_pid") or 0))   # Slicer gone (crash, kill): stop, no orphan
     geo = _read_json(os.path.join(jobdir, "ct.json"))
     ct = Volume(np.load(os.path.join(jobdir, "ct.npy")), geo["spacing"], geo["origin"], np.array(geo["direction"]))
     cancel_file = os.path.join(jobdir, "cancel")
@@ -303,7 +380,7 @@ def main(argv=None) -> int:
     arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
     np.savez_compressed(os.path.join(jobdir, "result.npz"), **arrays)
     meta = {"stage": request["task"], "backend": result.get("backend", ""), "seconds": result.get("seconds"),
-            "warnings": result.get("warnings", [])}
+            "warnings": result.get("warnings", []), "notes": result.get("notes", [])}
     if "rois" in result:
         meta["rois"] = [r.to_dict() for r in result["rois"]]
     _write_json(os.path.join(jobdir, "result.json"), meta)

@@ -20,6 +20,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from BiSCSegmentationLib.inference_settings import ROI_GROWTH_ON, InferenceSettings
 from BiSCSegmentationSlicer import about, dependencies, models, planning, rois, sampledata, segmentation, settings
 from BiSCSegmentationSlicer.logic import BiSCLogic, Options, WorkflowError
 from BiSCSegmentationSlicer.scene import SceneContext
@@ -118,8 +119,16 @@ def options_from(p: BiSCSegmentationParameterNode) -> Options:
                                 fine_path=p.fineModelPath, rough_url=p.roughModelUrl.strip(),
                                 rough_sha256=p.roughModelSha256.strip(), fine_url=p.fineModelUrl.strip(),
                                 fine_sha256=p.fineModelSha256.strip())
-    return Options(choice, p.device.value, p.mirror, p.minKidneyMl, p.keepSmallTumors, 2 if p.growRois else 0,
-                   p.plainTumorBorders, p.backend.value)
+    settings = InferenceSettings(
+        device=p.device.value,
+        backend=p.backend.value,
+        mirror=bool(p.mirror),
+        min_component_ml=float(p.minKidneyMl),
+        keep_small_tumors=bool(p.keepSmallTumors),
+        roi_growth=ROI_GROWTH_ON if p.growRois else 0,
+        plain_tumor_borders=bool(p.plainTumorBorders),
+    )
+    return Options(model=choice, settings=settings)
 
 
 # parameter node fields remembered across restarts (BiSCSegmentationSlicer.settings; tested against DEFAULTS)

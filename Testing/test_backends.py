@@ -15,6 +15,7 @@ import torch
 from BiSCSegmentationLib import backends as B
 from BiSCSegmentationLib.cascade import (CascadePredictor, canonical_view, fine_grid, label_argmax,
                                          nearest_to_stored, resample_view, sliding_window)
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.model_file import StageModel, load_model_file, save_model_file
 from BiSCSegmentationLib.network import SCUNetConfig
 from BiSCSegmentationLib.resample import AxisMap, resample_linear, resample_nearest
@@ -115,8 +116,10 @@ def test_openvino_cascade_same_labels_as_torch_on_phantom(models, phantom_ct, tm
     rough, fine = models
     rois = rois_from_mask(lab, fine.fine_spacing, min_component_ml=1.0)
     assert rois
-    ref_p = CascadePredictor(rough, fine, device="cpu", backend="torch")
-    ov_p = CascadePredictor(rough, fine, device="cpu", backend=B.OpenVINOBackend("f32", cache_dir=tmp_path))
+    ref_p = CascadePredictor(rough, fine, InferenceSettings(device="cpu", backend="torch"))
+    ov_p = CascadePredictor(
+        rough, fine, InferenceSettings(device="cpu"), backend=B.OpenVINOBackend("f32", cache_dir=tmp_path)
+    )
     assert "PyTorch" in ref_p.backend_name and "OpenVINO" in ov_p.backend_name
     a, b = ref_p.segment(ct, rois).array, ov_p.segment(ct, rois).array
     assert a.shape == b.shape == ct.array.shape
@@ -178,7 +181,9 @@ def test_non_scunet_network_falls_back_to_torch(tmp_path):
     from test_cascade import oracle_models
 
     rough, fine = oracle_models((1.5, 1.5, 1.5))
-    p = CascadePredictor(rough, fine, device="cpu", backend=B.OpenVINOBackend("f32", cache_dir=tmp_path)).prepare()
+    p = CascadePredictor(
+        rough, fine, InferenceSettings(device="cpu"), backend=B.OpenVINOBackend("f32", cache_dir=tmp_path)
+    ).prepare()
     assert "runs with torch" in p.backend_name
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from BiSCSegmentationLib.cascade import Cancelled, CascadePredictor, NoKidneyFound, fine_grid
+from BiSCSegmentationLib.inference_settings import InferenceSettings, SettingsError
 from BiSCSegmentationLib.model_file import StageModel
 from BiSCSegmentationLib.network import SCUNetConfig
 from BiSCSegmentationLib.cascade import rough_grid
@@ -74,7 +75,7 @@ def test_restore_is_exact_with_perfect_predictions_in_any_orientation(name):
     rough, fine = oracle_models(fine_spacing=(1.5, 1.5, 1.5))
     rois = rois_from_mask(labels, fine.fine_spacing, min_component_ml=0.01)
     assert len(rois) == 2 and sorted(r.side for r in rois) == ["left", "right"]
-    out = CascadePredictor(rough, fine, device="cpu").segment(ct, rois)
+    out = CascadePredictor(rough, fine, InferenceSettings(device="cpu")).segment(ct, rois)
     assert out.same_grid(ct)
     assert np.array_equal(out.array, labels.array), f"{np.count_nonzero(out.array != labels.array)} voxels differ"
 
@@ -88,7 +89,9 @@ def test_restore_is_exact_for_kits19_header_with_anisotropic_spacing():
     assert np.array_equal(to_canonical(labels)[0].array, canon[::-1])
     ct = labels.with_array(encode(labels.array))
     rough, fine = oracle_models(fine_spacing=(0.78, 0.78, 3.0))
-    out = CascadePredictor(rough, fine, device="cpu").segment(ct, rois_from_mask(labels, (0.78, 0.78, 3.0), 0.01))
+    out = CascadePredictor(rough, fine, InferenceSettings(device="cpu")).segment(
+        ct, rois_from_mask(labels, (0.78, 0.78, 3.0), 0.01)
+    )
     assert out.same_grid(ct) and np.array_equal(out.array, labels.array)
 
 
@@ -96,7 +99,9 @@ def test_restore_close_when_spacings_differ():
     labels = Volume(two_kidney_labels((24, 64, 64)), (1.2, 1.2, 2.0))
     ct = labels.with_array(encode(labels.array))
     rough, fine = oracle_models(fine_spacing=(0.8, 0.8, 3.0))
-    out = CascadePredictor(rough, fine, device="cpu").segment(ct, rois_from_mask(labels, (0.8, 0.8, 3.0), 0.01))
+    out = CascadePredictor(rough, fine, InferenceSettings(device="cpu")).segment(
+        ct, rois_from_mask(labels, (0.8, 0.8, 3.0), 0.01)
+    )
     fg_true, fg_out = labels.array > 0, out.array > 0
     dice = 2 * np.count_nonzero(fg_true & fg_out) / (fg_true.sum() + fg_out.sum())
     assert dice > 0.97
@@ -108,8 +113,9 @@ def test_full_cascade_with_oracle_finds_both_kidneys_and_progress_and_cancel():
     ct = labels.with_array(encode(labels.array))
     rough, fine = oracle_models((1.5, 1.5, 3.0), {"inplane_size": 64, "z_spacing": 3.0})
     seen = []
-    predictor = CascadePredictor(rough, fine, device="cpu", progress=lambda s, f: seen.append((s, f)),
-                                 min_component_ml=0.01)
+    predictor = CascadePredictor(
+        rough, fine, InferenceSettings(device="cpu", min_component_ml=0.01), progress=lambda s, f: seen.append((s, f))
+    )
     result = predictor.predict(ct)
     assert len(result.rois) == 2
     assert np.array_equal(result.labels.array, labels.array)
@@ -119,13 +125,13 @@ def test_full_cascade_with_oracle_finds_both_kidneys_and_progress_and_cancel():
     stop = threading.Event()
     stop.set()
     with pytest.raises(Cancelled):
-        CascadePredictor(rough, fine, device="cpu", cancel=stop).predict(ct)
+        CascadePredictor(rough, fine, InferenceSettings(device="cpu"), cancel=stop).predict(ct)
 
 
 def test_no_kidney_and_bad_rois_are_clear_errors():
     ct = Volume(np.full((16, 32, 32), -100, np.int16), (1.5, 1.5, 3.0))
     rough, fine = oracle_models((1.5, 1.5, 3.0))
-    predictor = CascadePredictor(rough, fine, device="cpu")
+    predictor = CascadePredictor(rough, fine, InferenceSettings(device="cpu"))
     with pytest.raises(NoKidneyFound, match="Add an ROI by hand"):
         predictor.predict(ct)
     with pytest.raises(ValueError, match="outside the image"):
@@ -142,7 +148,7 @@ def test_roi_at_the_border_is_padded_and_big_kidney_grows_the_roi():
     rough, fine = oracle_models((1.5, 1.5, 3.0))
     # an ROI hanging over the image border: padded with air, pasted only inside the image
     roi = KidneyROI(labels.index_to_physical([2, 36, 12]), (90, 90, 90), "right")
-    out = CascadePredictor(rough, fine, device="cpu").segment(ct, [roi])
+    out = CascadePredictor(rough, fine, InferenceSettings(device="cpu")).segment(ct, [roi])
     assert out.same_grid(ct)
     inside = roi.contains(ct.index_to_physical(np.argwhere(np.ones(ct.array.shape))[:, ::-1])).reshape(ct.array.shape)
     assert np.array_equal(out.array[inside], labels.array[inside]) and not out.array[~inside].any()
@@ -164,9 +170,9 @@ def test_islands_in_an_roi_are_removed_and_the_kidney_kept_voxel_for_voxel():
     ct = labels.with_array(encode(noisy))
     rough, fine = oracle_models((1.5, 1.5, 1.5))
     roi = KidneyROI(labels.index_to_physical([31.5, 31.5, 11.5]), (96, 96, 36), "both")  # the whole image
-    out = CascadePredictor(rough, fine, device="cpu").segment(ct, [roi]).array
+    out = CascadePredictor(rough, fine, InferenceSettings(device="cpu")).segment(ct, [roi]).array
     assert np.array_equal(out, truth)
-    kept = CascadePredictor(rough, fine, device="cpu", keep_largest=False).segment(ct, [roi]).array
+    kept = CascadePredictor(rough, fine, InferenceSettings(device="cpu", keep_largest=False)).segment(ct, [roi]).array
     assert np.array_equal(kept, noisy)
 
 
@@ -283,10 +289,10 @@ def test_an_roi_that_cuts_the_kidney_off_grows_until_it_holds_it_in_kits19_orien
     rough, fine = oracle_models((1.5, 1.5, 3.0))
     rois = _cut_rois(canon)
     assert all(check_roi(r, ct) == [] for r in rois)
-    cut = CascadePredictor(rough, fine, device="cpu", roi_growth=0).segment(ct, rois).array
+    cut = CascadePredictor(rough, fine, InferenceSettings(device="cpu", roi_growth=0)).segment(ct, rois).array
     assert np.count_nonzero(labels.array) - np.count_nonzero(cut) > 250  # both kidneys lose their ends
-    assert CascadePredictor(rough, fine, device="cpu").roi_growth == 0  # off unless asked for (README)
-    predictor = CascadePredictor(rough, fine, device="cpu", roi_growth=2)
+    assert CascadePredictor(rough, fine).settings.roi_growth == 0  # off unless asked for (README)
+    predictor = CascadePredictor(rough, fine, InferenceSettings(device="cpu", roi_growth=2))
     out = predictor.segment(ct, rois)
     assert out.same_grid(ct) and np.array_equal(out.array, labels.array)
     right, left = predictor.used_rois
@@ -295,15 +301,18 @@ def test_an_roi_that_cuts_the_kidney_off_grows_until_it_holds_it_in_kits19_orien
     assert right.lower[2] < rois[0].lower[2] and right.upper[2] > rois[0].upper[2]
     assert left.upper[0] > rois[1].upper[0] and left.lower[0] == rois[1].lower[0] and left.size[1:] == rois[1].size[1:]
     # growing only through faces that tumor touches: the cut faces here are kidney (the tumor touches < 200 mm2)
-    guarded = CascadePredictor(rough, fine, device="cpu", roi_growth=2, roi_growth_label=2)
+    guarded = CascadePredictor(rough, fine, InferenceSettings(device="cpu", roi_growth=2, roi_growth_label=2))
     assert np.array_equal(guarded.segment(ct, rois).array, cut) and guarded.used_rois == rois
     # the ROIs of predict() are those used
     rough_oracle, _ = oracle_models((1.5, 1.5, 3.0), {"inplane_size": 64, "z_spacing": 3.0})
-    result = CascadePredictor(rough_oracle, fine, device="cpu", min_component_ml=0.01).predict(ct)
-    assert result.rois == predictor.__class__(rough_oracle, fine, device="cpu", min_component_ml=0.01).locate(ct).rois
+    result = CascadePredictor(rough_oracle, fine, InferenceSettings(device="cpu", min_component_ml=0.01)).predict(ct)
+    assert (
+        result.rois
+        == CascadePredictor(rough_oracle, fine, InferenceSettings(device="cpu", min_component_ml=0.01)).locate(ct).rois
+    )
     for bad in ({"roi_growth": -1}, {"roi_growth_label": 0}, {"roi_growth_min_mm2": float("nan")}):
-        with pytest.raises(ValueError, match="ROI growth needs"):
-            CascadePredictor(rough, fine, device="cpu", **bad)
+        with pytest.raises(SettingsError, match="ROI growth needs"):
+            InferenceSettings(device="cpu", **bad)
 
 
 def test_roi_growth_stops_at_the_image_border_and_on_small_touches():

@@ -9,6 +9,7 @@ from scipy import ndimage
 from BiSCSegmentationLib.cascade import CascadePredictor, label_argmax
 from BiSCSegmentationLib.decision import (ARGMAX, Decision, labels_from_differences, relabel_tumor_components,
                                          tumor_probability)
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.model_file import ModelFileError, load_model_file, save_model_file
 from BiSCSegmentationLib.resample import AxisMap, resample_view
 from BiSCSegmentationLib.roi import KidneyROI, rois_from_mask
@@ -42,7 +43,9 @@ def test_foreground_rule_from_two_restored_differences_equals_the_rule_on_three_
     # restored through a real resampling onto a finer, shifted grid (what the cascade does per ROI)
     back = [AxisMap(11, 0.3, 0.45), AxisMap(17, 0.1, 0.5), AxisMap(13, 0.0, 0.7)]
     p3 = resample_view(p, back, fill=None)
-    got = labels_from_differences(resample_view(p[1:] - p[:1], back, fill=None), Decision("foreground", bf, bt))
+    got = labels_from_differences(
+        resample_view(p[1:] - p[:1], back, fill=None), Decision("foreground", foreground_bias=bf, tumor_bias=bt)
+    )
     want = _foreground_rule(p3, bf, bt)
     # away from exact ties the two computations must agree voxel for voxel
     margin = torch.minimum(((p3[1] + p3[2]) * math.exp(bf) - p3[0]).abs(), (p3[2] * math.exp(bt) - p3[1]).abs())
@@ -153,7 +156,7 @@ def test_margin_candidates_are_unsure_tumor_voxels_above_the_lower_foreground_th
                       [0.10, 0.30, 0.05, 0.25, 0.20],    # kidney
                       [0.30, 0.15, 0.20, 0.15, 0.50]]).reshape(3, 1, 1, 5)
     diff = p[1:] - p[:1]
-    d = Decision("foreground", 0.0, 0.0, tumor_margin_bias=1.0)
+    d = Decision("foreground", foreground_bias=0.0, tumor_bias=0.0, tumor_margin_bias=1.0)
     _, margin = case_step_maps(diff, d)
     # p(fg) x e > p0 and p2 > p1: 0.4e > 0.6 yes; kidney wins in 2; 0.25e < 0.75; 0.4e > 0.6 but p1 > p2; 5 is
     # already foreground (the labels decide; candidates only matter on background)
@@ -196,35 +199,57 @@ def test_model_file_keeps_its_decision_and_rejects_bad_ones(tmp_path):
     raw = torch.load(tmp_path / "argmax.pt", weights_only=True)
     assert "decision" not in raw  # files with the default rule look as they did before the rule existed
     assert load_model_file(tmp_path / "argmax.pt").decision == ARGMAX
-    fine.decision = Decision("foreground", 0.125, 0.25, 3.0)
+    fine.decision = Decision("foreground", foreground_bias=0.125, tumor_bias=0.25, min_tumor_ml=3.0)
     save_model_file(fine, tmp_path / "fg.pt")
-    assert load_model_file(tmp_path / "fg.pt").decision == Decision("foreground", 0.125, 0.25, 3.0)
+    assert load_model_file(tmp_path / "fg.pt").decision == Decision(
+        "foreground", foreground_bias=0.125, tumor_bias=0.25, min_tumor_ml=3.0
+    )
     raw = torch.load(tmp_path / "fg.pt", weights_only=True)
     raw["decision"]["min_tumor_ml"] = -2
     torch.save(raw, tmp_path / "bad.pt")
     with pytest.raises(ModelFileError, match="invalid decision settings .*min_tumor_ml must be >= 0"):
         load_model_file(tmp_path / "bad.pt")
-    rough.decision = Decision("foreground", 0.5)
+    rough.decision = Decision("foreground", foreground_bias=0.5)
     save_model_file(rough, tmp_path / "rough.pt")
-    assert load_model_file(tmp_path / "rough.pt").decision == Decision("foreground", 0.5)
+    assert load_model_file(tmp_path / "rough.pt").decision == Decision("foreground", foreground_bias=0.5)
     raw = torch.load(tmp_path / "rough.pt", weights_only=True)
     raw["decision"]["min_tumor_ml"] = 1.0
     torch.save(raw, tmp_path / "rough_bad.pt")
     with pytest.raises(ModelFileError, match="are fine-stage settings"):
         load_model_file(tmp_path / "rough_bad.pt")
-    fine.decision = Decision("foreground", 0.125, 0.25, 3.0, 0.7)
+    fine.decision = Decision(
+        "foreground", foreground_bias=0.125, tumor_bias=0.25, min_tumor_ml=3.0, min_tumor_probability=0.7
+    )
     save_model_file(fine, tmp_path / "fp.pt")
     assert load_model_file(tmp_path / "fp.pt").decision.min_tumor_probability == 0.7
     # the island fraction: kept in the file; a file written before it was a setting keeps the old 0.2
-    fine.decision = Decision("foreground", 0.125, 0.25, 0.0, 0.7, 0.5, 1.0, 50.0)
+    fine.decision = Decision(
+        "foreground",
+        foreground_bias=0.125,
+        tumor_bias=0.25,
+        min_tumor_ml=0.0,
+        min_tumor_probability=0.7,
+        min_island_fraction=0.5,
+        tumor_margin_bias=1.0,
+        tumor_margin_min_ml=50.0,
+    )
     save_model_file(fine, tmp_path / "island.pt")
     assert load_model_file(tmp_path / "island.pt").decision == fine.decision
     raw = torch.load(tmp_path / "island.pt", weights_only=True)
     for key in ("min_island_fraction", "tumor_margin_bias", "tumor_margin_min_ml"):
         del raw["decision"][key]
     torch.save(raw, tmp_path / "old.pt")
-    assert load_model_file(tmp_path / "old.pt").decision == Decision("foreground", 0.125, 0.25, 0.0, 0.7, 0.2, 0.0, 0.0)
-    rough.decision = Decision("foreground", 0.5, min_island_fraction=0.5)
+    assert load_model_file(tmp_path / "old.pt").decision == Decision(
+        "foreground",
+        foreground_bias=0.125,
+        tumor_bias=0.25,
+        min_tumor_ml=0.0,
+        min_tumor_probability=0.7,
+        min_island_fraction=0.2,
+        tumor_margin_bias=0.0,
+        tumor_margin_min_ml=0.0,
+    )
+    rough.decision = Decision("foreground", foreground_bias=0.5, min_island_fraction=0.5)
     with pytest.raises(ValueError, match="fine-stage settings"):
         save_model_file(rough, tmp_path / "rough_island.pt")
     assert not (tmp_path / "rough_island.pt").exists()
@@ -246,7 +271,7 @@ def test_cascade_drops_islands_under_the_fine_files_fraction_of_the_rois_largest
     assert 0.25 < organ.sum() / kidney < 0.35
     for fraction, want in ((0.2, noisy), (0.5, truth), (1.0, truth)):  # equal kidneys: both are the largest
         fine.decision = Decision("foreground", min_island_fraction=fraction)
-        out = CascadePredictor(rough, fine, device="cpu").segment(ct, [roi]).array
+        out = CascadePredictor(rough, fine, InferenceSettings(device="cpu")).segment(ct, [roi]).array
         assert np.array_equal(out, want), fraction
     assert Decision("foreground", min_island_fraction=0.5).describe().endswith(
         "islands under 0.5 of an ROI's largest dropped")
@@ -260,15 +285,15 @@ def test_cascade_applies_the_fine_model_files_decision_over_the_whole_case():
     ct = labels.with_array(encode(labels.array))
     rough, fine = oracle_models((1.5, 1.5, 3.0))
     rois = rois_from_mask(labels, fine.fine_spacing, min_component_ml=0.01)
-    plain = CascadePredictor(rough, fine, device="cpu").segment(ct, rois).array
+    plain = CascadePredictor(rough, fine, InferenceSettings(device="cpu")).segment(ct, rois).array
     assert np.array_equal(plain, labels.array)
     fine.decision = Decision("foreground", min_tumor_ml=27 * 6.75 / 1000 + 0.01)  # voxel: 1.5 x 1.5 x 3 mm
-    out = CascadePredictor(rough, fine, device="cpu").segment(ct, rois).array
+    out = CascadePredictor(rough, fine, InferenceSettings(device="cpu")).segment(ct, rois).array
     expected = lab.copy()
     expected[10:13, 34:37, 14:17] = 1
     assert np.array_equal(out, kits19_affine_volume(expected, (3.0, 1.5, 1.5)).array)
     # the caller may override the file's rule
-    again = CascadePredictor(rough, fine, device="cpu", decision=ARGMAX).segment(ct, rois).array
+    again = CascadePredictor(rough, fine, InferenceSettings(device="cpu"), decision=ARGMAX).segment(ct, rois).array
     assert np.array_equal(again, labels.array)
 
 
@@ -299,13 +324,13 @@ def test_cascade_drops_unsure_tumors_over_the_whole_case_by_their_mean_probabili
     rough, fine = oracle_models((1.5, 1.5, 3.0))
     fine.network = UnsureOracleNet()
     rois = rois_from_mask(labels, fine.fine_spacing, min_component_ml=0.01)
-    plain = CascadePredictor(rough, fine, device="cpu").segment(ct, rois).array
+    plain = CascadePredictor(rough, fine, InferenceSettings(device="cpu")).segment(ct, rois).array
     assert np.array_equal(plain, labels.array)  # argmax: p(tumor) 0.6 is tumor
     expected = lab.copy()
     expected[10:13, 34:37, 14:17] = 1
     for threshold, want in ((0.59, lab), (0.61, expected)):
         fine.decision = Decision("foreground", min_tumor_probability=threshold)
-        out = CascadePredictor(rough, fine, device="cpu").segment(ct, rois).array
+        out = CascadePredictor(rough, fine, InferenceSettings(device="cpu")).segment(ct, rois).array
         assert np.array_equal(out, kits19_affine_volume(want, (3.0, 1.5, 1.5)).array), threshold
     # the only tumor is kept however unsure
     lab2 = lab.copy()
@@ -314,7 +339,7 @@ def test_cascade_drops_unsure_tumors_over_the_whole_case_by_their_mean_probabili
     labels2 = kits19_affine_volume(lab2, (3.0, 1.5, 1.5))
     code2 = encode(labels2.array)
     code2[labels2.array == 2] = 300
-    out = CascadePredictor(rough, fine, device="cpu").segment(labels2.with_array(code2), rois).array
+    out = CascadePredictor(rough, fine, InferenceSettings(device="cpu")).segment(labels2.with_array(code2), rois).array
     assert np.array_equal(out, labels2.array)
 
 
@@ -339,7 +364,7 @@ def test_cascade_grows_large_tumors_into_their_unsure_margin_in_kits19_orientati
                            (Decision("foreground", tumor_margin_bias=0.5, tumor_margin_min_ml=tumor_ml + 0.01),
                             without)):
         fine.decision = decision
-        out = CascadePredictor(rough, fine, device="cpu").segment(ct, rois).array
+        out = CascadePredictor(rough, fine, InferenceSettings(device="cpu")).segment(ct, rois).array
         assert np.array_equal(out, kits19_affine_volume(want, (3.0, 1.5, 1.5)).array), decision
 
 
@@ -352,7 +377,7 @@ def test_set_decision_changes_only_the_decision_and_records_it(tmp_path, capsys)
     assert main(["set-decision", str(tmp_path / "fine.pt"), "--rule", "foreground", "--foreground-bias", "0.125",
                  "--min-tumor-ml", "3", "-o", str(tmp_path / "d.pt")]) == 0
     after = load_model_file(tmp_path / "d.pt")
-    assert after.decision == Decision("foreground", 0.125, 0.0, 3.0)
+    assert after.decision == Decision("foreground", foreground_bias=0.125, tumor_bias=0.0, min_tumor_ml=3.0)
     assert after.training["decision_history"] == [{"decision": ARGMAX.to_dict(), "sha256": before.sha256}]
     for k, v in before.network.state_dict().items():
         assert torch.equal(v, after.network.state_dict()[k])
@@ -371,7 +396,7 @@ def test_set_decision_changes_only_the_decision_and_records_it(tmp_path, capsys)
     assert load_model_file(tmp_path / "h.pt").decision == Decision("foreground", min_tumor_probability=0.7)
     assert main(["set-decision", str(tmp_path / "rough.pt"), "--rule", "foreground", "--foreground-bias", "0.5",
                  "-o", str(tmp_path / "g.pt")]) == 0
-    assert load_model_file(tmp_path / "g.pt").decision == Decision("foreground", 0.5)
+    assert load_model_file(tmp_path / "g.pt").decision == Decision("foreground", foreground_bias=0.5)
     assert main(["set-decision", str(tmp_path / "fine.pt"), "--rule", "foreground", "--min-island-fraction", "0.5",
                  "-o", str(tmp_path / "i.pt")]) == 0
     assert load_model_file(tmp_path / "i.pt").decision == Decision("foreground", min_island_fraction=0.5)
@@ -395,14 +420,58 @@ def test_tuning_scores_are_those_of_the_cascade_run_with_each_rule():
     from bisc_training.tune_decision import case_scores, restored_differences
 
     ct, gt = make_case(seed=3)
-    predictor = CascadePredictor.bundled(device="cpu")
+    predictor = CascadePredictor.bundled(settings=InferenceSettings(device="cpu"))
     canon, rois = restored_differences(predictor, ct)
     assert rois
-    decisions = [ARGMAX, Decision("foreground", 0.25, 0.125, 3.0), Decision("foreground", 0.25, 0.125, 0.0, 0.7),
-                 Decision("foreground", 0.0, 0.125, 2.0, 0.65), Decision("foreground", 0.25, 0.125, 0.0, 0.7, 1.0),
-                 Decision("foreground", 0.25, 0.125, 0.0, 0.7, 0.0),
-                 Decision("foreground", 0.125, 0.125, 0.0, 0.7, 0.5, 1.0), Decision("foreground", 0.125, 0.125, 0.0, 0.7, 0.5),
-                 Decision("foreground", 0.0, 0.0, 0.0, 0.0, 0.2, 3.0, 5.0)]
+    decisions = [
+        ARGMAX,
+        Decision("foreground", foreground_bias=0.25, tumor_bias=0.125, min_tumor_ml=3.0),
+        Decision("foreground", foreground_bias=0.25, tumor_bias=0.125, min_tumor_ml=0.0, min_tumor_probability=0.7),
+        Decision("foreground", foreground_bias=0.0, tumor_bias=0.125, min_tumor_ml=2.0, min_tumor_probability=0.65),
+        Decision(
+            "foreground",
+            foreground_bias=0.25,
+            tumor_bias=0.125,
+            min_tumor_ml=0.0,
+            min_tumor_probability=0.7,
+            min_island_fraction=1.0,
+        ),
+        Decision(
+            "foreground",
+            foreground_bias=0.25,
+            tumor_bias=0.125,
+            min_tumor_ml=0.0,
+            min_tumor_probability=0.7,
+            min_island_fraction=0.0,
+        ),
+        Decision(
+            "foreground",
+            foreground_bias=0.125,
+            tumor_bias=0.125,
+            min_tumor_ml=0.0,
+            min_tumor_probability=0.7,
+            min_island_fraction=0.5,
+            tumor_margin_bias=1.0,
+        ),
+        Decision(
+            "foreground",
+            foreground_bias=0.125,
+            tumor_bias=0.125,
+            min_tumor_ml=0.0,
+            min_tumor_probability=0.7,
+            min_island_fraction=0.5,
+        ),
+        Decision(
+            "foreground",
+            foreground_bias=0.0,
+            tumor_bias=0.0,
+            min_tumor_ml=0.0,
+            min_tumor_probability=0.0,
+            min_island_fraction=0.2,
+            tumor_margin_bias=3.0,
+            tumor_margin_min_ml=5.0,
+        ),
+    ]
     scores = case_scores(canon, canonical_view(gt)[0].array, rois, decisions)
     assert scores[decisions[6]] != scores[decisions[7]]  # the margin step changes this case's labels
     boxes = predictor.locate(ct).rois
@@ -420,17 +489,32 @@ def test_rough_stage_uses_its_model_files_decision():
     ct, _ = make_case(seed=1)
     rough, fine = tiny_stage_models(seed=2)
     found = {}
-    for name, d in (("argmax", ARGMAX), ("fg0", Decision("foreground")), ("fg3", Decision("foreground", 3.0))):
+    for name, d in (
+        ("argmax", ARGMAX),
+        ("fg0", Decision("foreground")),
+        ("fg3", Decision("foreground", foreground_bias=3.0)),
+    ):
         rough.decision = d
-        predictor = CascadePredictor(rough, fine, device="cpu", backend="torch", min_component_ml=0.0)
+        predictor = CascadePredictor(
+            rough, fine, InferenceSettings(device="cpu", backend="torch", min_component_ml=0.0)
+        )
         found[name] = predictor.locate(ct).lowres.array > 0
     assert np.all(found["fg0"][found["argmax"]]) and np.all(found["fg3"][found["fg0"]])
     assert found["fg3"].sum() > found["fg0"].sum() >= found["argmax"].sum()
-    predictor = CascadePredictor(rough, fine, device="cpu", backend="torch", rough_decision=ARGMAX)
+    predictor = CascadePredictor(rough, fine, InferenceSettings(device="cpu", backend="torch"), rough_decision=ARGMAX)
     assert np.array_equal(predictor.locate(ct).lowres.array > 0, found["argmax"])
 
 
-RULE = Decision("foreground", 0.125, 0.25, 4.0, 0.7, 0.5, 1.0, 50.0)  # every step on
+RULE = Decision(
+    "foreground",
+    foreground_bias=0.125,
+    tumor_bias=0.25,
+    min_tumor_ml=4.0,
+    min_tumor_probability=0.7,
+    min_island_fraction=0.5,
+    tumor_margin_bias=1.0,
+    tumor_margin_min_ml=50.0,
+)  # every step on
 
 
 def _rule_files(tmp_path):
@@ -447,9 +531,24 @@ def test_bisc_segment_keep_small_tumors_and_plain_tumor_borders_turn_off_only_th
     base = ["ct.nii.gz", "-o", "out.nii.gz", "--rough-model", rough, "--fine-model", fine, "--backend", "torch"]
     assert load_predictor(build_segment_parser().parse_args(base)).decision == RULE
     kept = load_predictor(build_segment_parser().parse_args(base + ["--keep-small-tumors"]))
-    assert kept.decision == Decision("foreground", 0.125, 0.25, 0.0, 0.0, 0.5, 1.0, 50.0)
+    assert kept.decision == Decision(
+        "foreground",
+        foreground_bias=0.125,
+        tumor_bias=0.25,
+        min_tumor_ml=0.0,
+        min_tumor_probability=0.0,
+        min_island_fraction=0.5,
+        tumor_margin_bias=1.0,
+        tumor_margin_min_ml=50.0,
+    )
     plain = load_predictor(build_segment_parser().parse_args(base + ["--plain-tumor-borders"]))
-    assert plain.decision == Decision("foreground", 0.125, 0.25, 4.0, 0.7, 0.5)
+    assert plain.decision == Decision(
+        "foreground",
+        foreground_bias=0.125,
+        tumor_bias=0.25,
+        min_tumor_ml=4.0,
+        min_tumor_probability=0.7,
+        min_island_fraction=0.5,
+    )
     both = load_predictor(build_segment_parser().parse_args(base + ["--plain-tumor-borders", "--keep-small-tumors"]))
-    assert both.decision == Decision("foreground", 0.125, 0.25, min_island_fraction=0.5)
-
+    assert both.decision == Decision("foreground", foreground_bias=0.125, tumor_bias=0.25, min_island_fraction=0.5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.volume import VolumeError
 import torch
 
@@ -37,7 +38,7 @@ def _centre(ct: Volume):
 @pytest.fixture(scope="module")
 def predictor():
     rough, fine = tiny_stage_models()
-    return CascadePredictor(rough, fine, device="cpu", backend="torch")
+    return CascadePredictor(rough, fine, InferenceSettings(device="cpu", backend="torch"))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_more_rois_than_kidneys_are_refused(predictor, tmp_path, ct_file, model_
 
 def test_a_wrong_slice_spacing_and_a_grid_of_billions_are_refused_before_allocating():
     rough, fine = tiny_stage_models(fine_spacing=(0.01, 0.01, 0.01))
-    p = CascadePredictor(rough, fine, device="cpu", backend="torch")
+    p = CascadePredictor(rough, fine, InferenceSettings(device="cpu", backend="torch"))
     with pytest.raises(VolumeError, match="spacing .* is outside what a CT has"):
         p.locate(_ct(spacing=(100.0, 100.0, 100.0), shape=(40, 64, 64)))  # the header said 100 mm (input check)
     ct = _ct()
@@ -207,7 +208,7 @@ def test_the_rough_networks_buffers_are_released_before_the_fine_stage(monkeypat
             return wrapped
 
     rough, fine = tiny_stage_models()
-    CascadePredictor(rough, fine, device="cpu", backend=Spy("cpu")).locate(_ct())
+    CascadePredictor(rough, fine, InferenceSettings(device="cpu"), backend=Spy("cpu")).locate(_ct())
     assert released == ["rough"]
     pytest.importorskip("openvino")
     from BiSCSegmentationLib.backends import OpenVINOBackend

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from slicer_fixtures import case_files, needs_slicer_core  # noqa: F401 - fixtures
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 
 pytestmark = [needs_slicer_core, pytest.mark.slicer]
 
@@ -79,18 +80,20 @@ def test_gpu_out_of_memory_falls_back_to_the_cpu_once(monkeypatch):
     from BiSCSegmentationLib.phantom import make_case
     from BiSCSegmentationLib.roi import KidneyROI
     from BiSCSegmentationSlicer import devices, worker
+    from BiSCSegmentationLib.errors import error_record
     from BiSCSegmentationSlicer.logic import error_message
 
     ct, _ = make_case(seed=0)
     roi = KidneyROI(tuple(ct.index_to_physical(np.array(ct.size_ijk) / 2)), (80.0, 80.0, 80.0), "left")
-    request = worker.make_request("segment", {}, device="auto", rois=[roi])
+    request = worker.make_request("segment", {}, InferenceSettings(device="auto"), rois=[roi])
     seen = []
 
-    def run_on(device, request, ct, progress, cancel):
-        seen.append(device)
-        if device == "cuda":
+    def run_on(settings, request, ct, progress, cancel):
+        seen.append(settings.device)
+        if settings.device == "cuda":
             raise RuntimeError("CUDA out of memory. Tried to allocate 3.50 GiB")
         return {"labels": np.zeros(ct.array.shape, np.uint8), "rois": [roi]}
+
     monkeypatch.setattr(worker, "_compute_on", run_on)
     monkeypatch.setattr(devices, "resolve", lambda requested, t: ("cuda", []))
     emptied = []
@@ -100,21 +103,22 @@ def test_gpu_out_of_memory_falls_back_to_the_cpu_once(monkeypatch):
     assert worker.Status(state="done", result=result).notes == [devices.OOM_FALLBACK_NOTE]
 
     # only once: the CPU failing as well is reported, in plain words
-    def always(device, request, ct, progress, cancel):
-        seen.append(device)
-        raise RuntimeError(f"{'CUDA' if device == 'cuda' else 'DefaultCPUAllocator:'} out of memory")
+    def always(settings, request, ct, progress, cancel):
+        seen.append(settings.device)
+        raise RuntimeError(f"{'CUDA' if settings.device == 'cuda' else 'DefaultCPUAllocator:'} out of memory")
+
     monkeypatch.setattr(worker, "_compute_on", always)
     seen.clear()
     with pytest.raises(RuntimeError) as info:
         worker.compute(request, ct, lambda s, f: None, lambda: False)
     assert seen == ["cuda", "cpu"]
-    text = error_message(worker.Status(state="failed", error=str(info.value), error_kind="RuntimeError"))
+    text = error_message(worker.Status(**worker._failure(error_record(info.value))))
     assert "on the CPU too" in text
     # a device refusal reaches the user as it is
     monkeypatch.setattr(devices, "resolve", lambda requested, t: (_ for _ in ()).throw(devices.DeviceError("X")))
-    with pytest.raises(devices.DeviceError):
+    with pytest.raises(devices.DeviceError) as refused:
         worker.compute(request, ct, lambda s, f: None, lambda: False)
-    assert error_message(worker.Status(state="failed", error="Choose cpu", error_kind="DeviceError")) == "Choose cpu"
+    assert error_message(worker.Status(**worker._failure(error_record(refused.value)))) == "X"
 
 
 def test_notes_cross_the_worker_process(case_files):
@@ -125,8 +129,9 @@ def test_notes_cross_the_worker_process(case_files):
     from BiSCSegmentationSlicer.worker import ProcessJob, make_request
 
     choice = ModelChoice(kind="files", rough_path=case_files["rough"], fine_path=case_files["fine"]).to_dict()
-    job = ProcessJob(make_request("locate", choice, device="auto", backend="torch"),
-                     read_volume(case_files["ct"])).start()
+    job = ProcessJob(
+        make_request("locate", choice, InferenceSettings(device="auto", backend="torch")), read_volume(case_files["ct"])
+    ).start()
     status = job.wait(600)   # generous: the VM may be shared with training runs
     assert status.state == "done", status.error + status.details
     assert status.notes == [] and "notes" in status.result and status.result["backend"].startswith("PyTorch")

@@ -82,7 +82,7 @@ def test_cancel_ends_the_launcher_and_its_child_within_2s(tmp_path, monkeypatch,
     assert not any(proctree.alive(p) for p in pids), "a process of the worker tree is still running"
     assert not os.path.exists(jobdir) and not os.path.exists(job.dir), "the job folder was left behind"
     status = job.poll()
-    assert status.state == "cancelled" and status.error_kind == "Cancelled" and not job.running
+    assert status.state == "cancelled" and status.error_kind == "cancelled" and not job.running
 
 
 def test_worker_starts_without_a_console_window_on_windows(tmp_path, monkeypatch):
@@ -134,7 +134,7 @@ def test_scene_close_and_module_reload_cancel_the_run(ctx, ct_node, case_files, 
     from test_slicer_planning_updates import written
     _, seg, _ = written(ctx, ct_node, logic)
     logic.observe(seg, ct_node, schedule=lambda flush: None)
-    run = logic.start_locate(ct_node, Options(_files_choice(case_files)))
+    run = logic.start_locate(ct_node, Options(model=_files_choice(case_files)))
     pids = wait_for_pids(tmp_path)
     t0 = time.monotonic()
     ctx.scene.Clear(0)                                    # File > Close scene
@@ -150,7 +150,7 @@ def test_scene_close_and_module_reload_cancel_the_run(ctx, ct_node, case_files, 
     (tmp_path / "pids").unlink()
     from BiSCSegmentationSlicer.scene import load_volume
     node = load_volume(ctx, case_files["ct"])
-    run = logic.start_locate(node, Options(_files_choice(case_files)))
+    run = logic.start_locate(node, Options(model=_files_choice(case_files)))
     pids = wait_for_pids(tmp_path)
     logic.close()
     assert not any(proctree.alive(p) for p in pids) and run.job.poll().state == "cancelled"

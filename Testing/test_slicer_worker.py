@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from slicer_fixtures import case_files, ctx, needs_slicer_core  # noqa: F401 - fixtures
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 
 pytestmark = [needs_slicer_core, pytest.mark.slicer]
 
@@ -38,15 +39,19 @@ def test_process_job_locate_equals_in_process(case_files):
     from BiSCSegmentationSlicer.worker import ProcessJob, make_request
 
     ct = read_volume(case_files["ct"])
-    job = ProcessJob(make_request("locate", _choice(case_files), device="cpu"), ct).start()
+    job = ProcessJob(make_request("locate", _choice(case_files), InferenceSettings(device="cpu")), ct).start()
     status, seen = _poll_all(job)
     assert status.state == "done", status.error + status.details
-    expected = CascadePredictor.from_files(case_files["rough"], case_files["fine"], device="cpu").locate(ct)
+    expected = CascadePredictor.from_files(
+        case_files["rough"], case_files["fine"], InferenceSettings(device="cpu")
+    ).locate(ct)
     assert np.array_equal(status.result["mask"], expected.mask.array)
     assert [r.to_dict() for r in status.result["rois"]] == [r.to_dict() for r in expected.rois]
     assert any(s.state == "running" for s in seen) and not os.path.exists(job.dir), "job folder not cleaned up"
     # the panel tells the user which backend ran and how long it took
-    backend = CascadePredictor.from_files(case_files["rough"], case_files["fine"], device="cpu").backend_name
+    backend = CascadePredictor.from_files(
+        case_files["rough"], case_files["fine"], InferenceSettings(device="cpu")
+    ).backend_name
     assert status.result["backend"].split(",")[0] == backend.split(",")[0] and status.result["seconds"] > 0
     assert status.ran_on.startswith(" (" + backend.split(",")[0]) and status.ran_on.endswith(" s)")
 
@@ -59,10 +64,12 @@ def test_process_job_cancel_is_cooperative(case_files):
 
     ct = read_volume(case_files["ct"])
     roi = KidneyROI(tuple(ct.index_to_physical((np.array(ct.size_ijk) - 1) / 2)), (120, 120, 120), "right")
-    job = ProcessJob(make_request("segment", _choice(case_files), device="cpu", rois=[roi]), ct).start()
+    job = ProcessJob(
+        make_request("segment", _choice(case_files), InferenceSettings(device="cpu"), rois=[roi]), ct
+    ).start()
     job.cancel()
     status, _ = _poll_all(job)
-    assert status.state == "cancelled" and status.error_kind == "Cancelled"
+    assert status.state == "cancelled" and status.error_kind == "cancelled"
     assert error_message(status) == CANCELLED_MESSAGE
 
 
@@ -95,7 +102,7 @@ def test_process_crash_is_reported_with_its_log(tmp_path):
     job = ProcessJob(make_request("locate", {}), ct,
                      python=_fake_python(tmp_path, "echo 'Segmentation fault in libtorch' >&2; exit 139"))
     status, _ = _poll_all(job.start(), timeout=20)
-    assert status.state == "failed" and status.error_kind == "ProcessError"
+    assert status.state == "failed" and status.error_kind == "process"
     assert "exit code 139" in status.error and "libtorch" in status.details
     assert "Python console" in error_message(status)
 
@@ -110,7 +117,7 @@ def test_model_errors_come_back_in_plain_words(tmp_path, case_files):
     bad.write_text("hello")
     choice = ModelChoice(kind="files", rough_path=str(bad), fine_path=case_files["fine"]).to_dict()
     status, _ = _poll_all(ProcessJob(make_request("locate", choice), read_volume(case_files["ct"])).start())
-    assert status.state == "failed" and status.error_kind == "ModelFileError"
+    assert status.state == "failed" and status.error_kind == "model"
     assert error_message(status) == status.error and "not-a-model.pt" in status.error
 
 
@@ -119,12 +126,12 @@ def test_thread_job_progress_and_cancel(case_files):
     from BiSCSegmentationSlicer.worker import ThreadJob, make_request
 
     ct = read_volume(case_files["ct"])
-    job = ThreadJob(make_request("locate", _choice(case_files), device="cpu"), ct).start()
+    job = ThreadJob(make_request("locate", _choice(case_files), InferenceSettings(device="cpu")), ct).start()
     status, seen = _poll_all(job)
     assert status.state == "done" and status.fraction == 1.0
     fractions = [s.fraction for s in seen if s.stage == "rough"]
     assert fractions == sorted(fractions)
-    job = ThreadJob(make_request("locate", _choice(case_files), device="cpu"), ct).start()
+    job = ThreadJob(make_request("locate", _choice(case_files), InferenceSettings(device="cpu")), ct).start()
     job.cancel()
     status, _ = _poll_all(job)
     assert status.state == "cancelled"
@@ -145,10 +152,38 @@ def test_slicer_requests_keep_small_tumors_and_plain_tumor_borders_reach_the_fin
     ct, _ = make_case(seed=0)
     roi = KidneyROI(tuple(ct.index_to_physical(np.array(ct.size_ijk) / 2)), (80.0, 80.0, 80.0), "left")
     for keep, plain in ((False, False), (True, False), (False, True)):
-        compute(make_request("segment", choice, device="cpu", rois=[roi], keep_small_tumors=keep,
-                             plain_tumor_borders=plain), ct, lambda s, f: None, lambda: False)
-    assert seen == [RULE, Decision("foreground", 0.125, 0.25, 0.0, 0.0, 0.5, 1.0, 50.0),
-                    Decision("foreground", 0.125, 0.25, 4.0, 0.7, 0.5)]
+        compute(
+            make_request(
+                "segment",
+                choice,
+                InferenceSettings(device="cpu", keep_small_tumors=keep, plain_tumor_borders=plain),
+                rois=[roi],
+            ),
+            ct,
+            lambda s, f: None,
+            lambda: False,
+        )
+    assert seen == [
+        RULE,
+        Decision(
+            "foreground",
+            foreground_bias=0.125,
+            tumor_bias=0.25,
+            min_tumor_ml=0.0,
+            min_tumor_probability=0.0,
+            min_island_fraction=0.5,
+            tumor_margin_bias=1.0,
+            tumor_margin_min_ml=50.0,
+        ),
+        Decision(
+            "foreground",
+            foreground_bias=0.125,
+            tumor_bias=0.25,
+            min_tumor_ml=4.0,
+            min_tumor_probability=0.7,
+            min_island_fraction=0.5,
+        ),
+    ]
 
 
 def test_slicer_request_roi_growth_reaches_the_fine_stage_and_the_boxes_used_come_back(tmp_path, monkeypatch):
@@ -162,15 +197,22 @@ def test_slicer_request_roi_growth_reaches_the_fine_stage_and_the_boxes_used_com
     seen = []
 
     def fake_segment(self, ct, rois):
-        seen.append(self.roi_growth)
-        self.used_rois = [grow_roi(r, [(2, 1)]) if self.roi_growth else r for r in rois]
+        seen.append(self.settings.roi_growth)
+        self.used_rois = [grow_roi(r, [(2, 1)]) if self.settings.roi_growth else r for r in rois]
         return ct
     monkeypatch.setattr(CascadePredictor, "segment", fake_segment)
     choice = ModelChoice(kind="files", rough_path=rough, fine_path=fine).to_dict()
     ct, _ = make_case(seed=0)
     roi = KidneyROI(tuple(ct.index_to_physical(np.array(ct.size_ijk) / 2)), (80.0, 80.0, 80.0), "left")
-    results = [compute(make_request("segment", choice, device="cpu", rois=[roi], roi_growth=n), ct,
-                       lambda s, f: None, lambda: False) for n in (0, 2)]
+    results = [
+        compute(
+            make_request("segment", choice, InferenceSettings(device="cpu", roi_growth=n), rois=[roi]),
+            ct,
+            lambda s, f: None,
+            lambda: False,
+        )
+        for n in (0, 2)
+    ]
     assert seen == [0, 2]
     assert results[0]["rois"] == [roi] and results[1]["rois"] == [grow_roi(roi, [(2, 1)])]
 
@@ -188,7 +230,9 @@ def test_quality_warnings_cross_the_process_and_travel_with_the_segmentation(cas
     base = read_volume(case_files["ct"])
     ct = Volume(base.array, (base.spacing[0], base.spacing[1], 7.0), base.origin, base.direction)
     roi = KidneyROI(tuple(ct.index_to_physical((np.array(ct.size_ijk) - 1) / 2)), (100, 100, 100), "right")
-    job = ProcessJob(make_request("segment", _choice(case_files), device="cpu", rois=[roi]), ct).start()
+    job = ProcessJob(
+        make_request("segment", _choice(case_files), InferenceSettings(device="cpu"), rois=[roi]), ct
+    ).start()
     status, _ = _poll_all(job)
     assert status.state == "done", status.error + status.details
     codes = [w.code for w in status.warnings]

@@ -116,7 +116,7 @@ def test_no_kidney_found_is_plain(ctx, ct_node, case_files, tmp_path):
     assert str(info.value) == NO_KIDNEY_MESSAGE
     assert "Add an ROI by hand" in NO_KIDNEY_MESSAGE and "press \"Segment kidneys\"" in NO_KIDNEY_MESSAGE
     assert find_preview(ctx, ct_node) is not None
-    assert error_message(Status(state="failed", error_kind="NoKidneyFound", error="x")) == NO_KIDNEY_MESSAGE
+    assert error_message(Status(state="failed", error_kind="no_kidney", error="x")) == NO_KIDNEY_MESSAGE
     with pytest.raises(WorkflowError, match="no kidney ROI"):
         logic.start_segment(ct_node, None)
 

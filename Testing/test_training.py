@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.model_file import load_model_file
 from BiSCSegmentationLib.phantom import procedural_labels, synthesize_ct, write_kits_case
 from bisc_training import data as D
@@ -268,9 +269,10 @@ def test_evaluate_with_two_worker_processes_gives_the_same_report(kits_like, tmp
     assert all(abs(float(a[k]) - float(b[k])) < 1e-4 for a, b in zip(one, two) for k in a if k != "case")
     assert main(common + ["--out", str(tmp_path / "two"), "--workers", "2"]) == 2  # never overwrites
     # --mirror reaches the predictor (test-time mirroring itself: test_backends)
-    from bisc_training.cli import _predictor, build_parser
-    assert build_parser().parse_args(common + ["--mirror"]).mirror
-    assert _predictor(models, "cpu", True).mirror and not _predictor(models, "cpu").mirror
+    from bisc_training.cli import _predictor, build_parser, eval_settings
+    for extra, mirror in ((["--mirror"], True), ([], False)):
+        settings = eval_settings(build_parser().parse_args(common + extra))
+        assert settings.mirror is mirror and _predictor(models, settings).settings.mirror is mirror
 
 
 def test_eq1_models_carry_the_scaled_prior_correction_and_the_command_gives_the_same_file(kits_like, tmp_path):
@@ -461,7 +463,7 @@ def test_rough_check_measures_the_rois_against_the_truth():
     from bisc_training.check_rough import check_case
     labels = procedural_labels(0)
     ct = synthesize_ct(labels, 0)
-    predictor = CascadePredictor.bundled(device="cpu")
+    predictor = CascadePredictor.bundled(settings=InferenceSettings(device="cpu"))
     r = check_case(predictor, ct, labels)
     # the bundled rough stage's decision rule leans to the foreground (larger kidneys, so larger ROIs): 1.56x here
     assert r["rois"] == 2 and r["inside_rois"] == 1.0 and 0.7 < r["volume_ratio"] < 2.0 and r["dice"] > 0.7

@@ -44,6 +44,7 @@ import torch
 
 from BiSCSegmentationLib import backends as B
 from BiSCSegmentationLib.cascade import CascadePredictor, canonical_view, resample_view, label_argmax, sliding_window
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.metrics import kits19_case_scores, dice
 from BiSCSegmentationLib.model_file import (StageModel, default_cache_dir, load_bundled, load_model_file,
                                             save_model_file)
@@ -160,7 +161,7 @@ def bench_backend(mset: Dict, spec: str, ct: Volume, gt: Volume, gt_rois, runs: 
                   fallback_rois=None) -> Dict:
     rough, fine = mset["rough"], mset["fine"]
     t = time.perf_counter()
-    predictor = CascadePredictor(rough, fine, device="cpu", backend=spec)
+    predictor = CascadePredictor(rough, fine, InferenceSettings(device="cpu", backend=spec))
     rec = Recorder(predictor)  # converts/compiles (or loads the cached export)
     setup = time.perf_counter() - t
     labels, _, rois = run_cascade(predictor, ct, gt_rois, fallback_rois)  # warm-up: first-shape compilation, page faults
@@ -218,7 +219,7 @@ def logits_check(mset: Dict, specs: Sequence[str]) -> Dict[str, float]:
 def baseline(mset: Dict, spec: str, ct: Volume, gt: Volume) -> Dict:
     """Non-cascaded: the fine network by sliding window over the whole CT at the fine spacing."""
     fine = mset["fine"]
-    predictor = CascadePredictor(mset["rough"], fine, device="cpu", backend=spec)
+    predictor = CascadePredictor(mset["rough"], fine, InferenceSettings(device="cpu", backend=spec))
     rec = Recorder(predictor)
     runner = predictor._runners["fine"]
     t = time.perf_counter()
@@ -252,7 +253,9 @@ def precision_dice(mset: Dict, specs: Sequence[str], cases: int, work: Path) -> 
     per backend/precision, and the largest difference of each to the first (f32) one."""
     from BiSCSegmentationLib import phantom
 
-    preds = {s: CascadePredictor(mset["rough"], mset["fine"], device="cpu", backend=s) for s in specs}
+    preds = {
+        s: CascadePredictor(mset["rough"], mset["fine"], InferenceSettings(device="cpu", backend=s)) for s in specs
+    }
     scores = {s: [] for s in specs}
     for n in range(cases):
         ct, gt = phantom.make_case(5000 + n)

@@ -7,13 +7,19 @@ rule (v10: v9's plus step 4, tumor margins, which keeps a bool candidate map per
 import time, statistics, torch
 from BiSCSegmentationLib.cascade import CascadePredictor
 from BiSCSegmentationLib.decision import Decision
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.phantom import make_case
 torch.set_num_threads(2)
 ct, gt = make_case(seed=0)
-p = CascadePredictor.bundled(device="cpu")
+p = CascadePredictor.bundled(settings=InferenceSettings(device="cpu"))
 rois = p.locate(ct).rois
-rules = {"v6 rule": Decision("foreground", 0.125, 0.125, 4.0), "v9 rule": Decision("foreground", 0.125, 0.125, 0.0, 0.7),
-         "bundled rule": p.decision}
+rules = {
+    "v6 rule": Decision("foreground", foreground_bias=0.125, tumor_bias=0.125, min_tumor_ml=4.0),
+    "v9 rule": Decision(
+        "foreground", foreground_bias=0.125, tumor_bias=0.125, min_tumor_ml=0.0, min_tumor_probability=0.7
+    ),
+    "bundled rule": p.decision,
+}
 t = {k: [] for k in rules}
 for rep in range(4):
     for k, d in rules.items():

@@ -31,6 +31,7 @@ from scipy import ndimage
 from BiSCSegmentationLib.cascade import (AIR_HU, CascadePredictor, canonical_view, fine_grid, label_argmax,
                                          nearest_to_stored, resample_view, rough_grid, small_components)
 from BiSCSegmentationLib.decision import labels_from_differences as label_from_differences
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.model_file import default_cache_dir
 from BiSCSegmentationLib.roi import rois_from_mask
 
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=7)
     args = p.parse_args(argv)
     ct, gt = phantom_case(default_cache_dir() / "benchmark" / "phantom", 7, (300, 512, 512), (0.78, 0.78, 1.0))
-    predictor = CascadePredictor.bundled(device="cpu")
+    predictor = CascadePredictor.bundled(settings=InferenceSettings(device="cpu"))
     canon, reo = canonical_view(ct)
     work = []
     for roi in rois_from_mask(gt, predictor.fine_model.fine_spacing, min_component_ml=1.0):

@@ -18,6 +18,7 @@ import torch
 
 from BiSCSegmentationLib import backends as B
 from BiSCSegmentationLib.cascade import CascadePredictor
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.model_file import load_model_file
 from BiSCSegmentationLib.network import SCUNet, SCUNetConfig
 from BiSCSegmentationLib.roi import rois_from_mask
@@ -68,7 +69,7 @@ def child_memory(args) -> None:
             rois = load_rois(args.child_rois)
     before = vm_hwm_mib()
     t = time.perf_counter()
-    p = CascadePredictor(rough, fine, device="cpu", backend=args.child_backend)
+    p = CascadePredictor(rough, fine, InferenceSettings(device="cpu", backend=args.child_backend))
     r = p.locate(ct)
     p.segment(ct, rois if rois is not None else r.rois)
     peak = vm_hwm_mib()

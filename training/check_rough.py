@@ -16,6 +16,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from BiSCSegmentationLib.cascade import CascadePredictor
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.metrics import roi_containment
 
 from . import data as D
@@ -41,7 +42,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     cases = json.loads(args.split.read_text())["test"]
     cases = cases[: args.cases] if args.cases else cases
-    predictor = CascadePredictor.from_files(args.models / "rough.pt", args.models / "fine.pt", device="cpu")
+    predictor = CascadePredictor.from_files(
+        args.models / "rough.pt", args.models / "fine.pt", InferenceSettings(device="cpu")
+    )
     rows = []
     print("| case | predicted / true kidney volume | rough Dice | true kidney inside the ROIs | ROIs |")
     print("| --- | --- | --- | --- | --- |")

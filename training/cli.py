@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence
 from tqdm import tqdm
 
 from BiSCSegmentationLib.decision import ISLAND_FRACTION
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of, window_problem
 from BiSCSegmentationLib.outputs import signals_as_interrupts
 
@@ -308,8 +309,16 @@ def cmd_set_decision(args) -> Path:
     the previous rules are kept in the training record."""
     from BiSCSegmentationLib.decision import Decision
     model = load_model_file(args.model)
-    decision = Decision(args.rule, args.foreground_bias, args.tumor_bias, args.min_tumor_ml, args.min_tumor_probability,
-                        args.min_island_fraction, args.tumor_margin_bias, args.tumor_margin_min_ml)
+    decision = Decision(
+        args.rule,
+        foreground_bias=args.foreground_bias,
+        tumor_bias=args.tumor_bias,
+        min_tumor_ml=args.min_tumor_ml,
+        min_tumor_probability=args.min_tumor_probability,
+        min_island_fraction=args.min_island_fraction,
+        tumor_margin_bias=args.tumor_margin_bias,
+        tumor_margin_min_ml=args.tumor_margin_min_ml,
+    )
     problem = decision.problem(model.stage)
     if problem:
         raise ValueError(problem)
@@ -335,21 +344,30 @@ class LazyCases:
         return self.cases[n], ct, gt
 
 
-def _predictor(models: Path, device: str, mirror: bool = False, roi_growth: int = 0):
+def _predictor(models: Path, settings: InferenceSettings):
+    """The product's predictor on a training run's model files (rough.pt, fine.pt in ``models``)."""
     from BiSCSegmentationLib.cascade import CascadePredictor
-    return CascadePredictor(load_model_file(models / "rough.pt", stage="rough"),
-                            load_model_file(models / "fine.pt", stage="fine"), device=device, mirror=mirror,
-                            roi_growth=roi_growth)
+    return CascadePredictor(
+        load_model_file(models / "rough.pt", stage="rough"), load_model_file(models / "fine.pt", stage="fine"), settings
+    )
+
+
+def eval_settings(args) -> InferenceSettings:
+    """The inference settings of ``bisc-train evaluate`` (its --device, --mirror and --roi-growth)."""
+    return InferenceSettings(
+        device=args.device,
+        mirror=bool(getattr(args, "mirror", False)),
+        roi_growth=int(getattr(args, "roi_growth", 0) or 0),
+    )
 
 
 _WORKER = {}
 
 
-def _worker_init(models: str, device: str, kits: str, synthesize: bool, threads: int, mirror: bool = False,
-                 roi_growth: int = 0) -> None:
+def _worker_init(models: str, settings: InferenceSettings, kits: str, synthesize: bool, threads: int) -> None:
     import torch
     torch.set_num_threads(threads)
-    _WORKER.update(predictor=_predictor(Path(models), device, mirror, roi_growth), kits=kits, synthesize=synthesize)
+    _WORKER.update(predictor=_predictor(Path(models), settings), kits=kits, synthesize=synthesize)
 
 
 def _worker_case(case_id: str) -> dict:
@@ -365,16 +383,14 @@ def cmd_evaluate(args, split: dict, models: Path, out: Path) -> dict:
     from BiSCSegmentationLib.evaluation import check_outputs
 
     workers = max(1, int(getattr(args, "workers", 1) or 1))
-    mirror = bool(getattr(args, "mirror", False))
-    growth = int(getattr(args, "roi_growth", 0) or 0)
+    settings = eval_settings(args)
     if workers == 1:
-        return evaluate_cascade(_predictor(models, args.device, mirror, growth),
-                                LazyCases(args.kits, split["test"], args.synthesize), out)
+        return evaluate_cascade(_predictor(models, settings), LazyCases(args.kits, split["test"], args.synthesize), out)
     import multiprocessing as mp
     check_outputs(out, False)
     threads = max(1, (os.cpu_count() or 1) // workers)
     rows = []
-    init = (str(models), args.device, str(args.kits), bool(args.synthesize), threads, mirror, growth)
+    init = (str(models), settings, str(args.kits), bool(args.synthesize), threads)
     with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=init) as pool:
         for row in tqdm(pool.imap_unordered(_worker_case, split["test"]), total=len(split["test"]),
                         desc="evaluating cascade", unit="case"):

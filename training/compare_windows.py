@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from BiSCSegmentationLib.cascade import CascadePredictor, NoKidneyFound
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.metrics import kits19_case_scores
 from BiSCSegmentationLib.phantom import synthesize_ct
 
@@ -63,8 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     split = json.loads(args.split.read_text())
     cases = pick_cases(split, args.cases, args.n)
-    predictor = CascadePredictor.from_files(args.models / "rough.pt", args.models / "fine.pt", device="cpu",
-                                            backend=args.backend)
+    predictor = CascadePredictor.from_files(
+        args.models / "rough.pt", args.models / "fine.pt", InferenceSettings(device="cpu", backend=args.backend)
+    )
     models = {"rough": predictor.rough_model, "fine": predictor.fine_model}
     own = {s: m.inference_window for s, m in models.items()}
     names = [f"{s}={'x'.join(map(str, w))}" for s, w in args.window]

@@ -27,9 +27,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from BiSCSegmentationLib.cascade import CascadePredictor, NoKidneyFound, canonical_view, paste_max, small_components
-from BiSCSegmentationLib.decision import (ISLAND_FRACTION, Decision, apply_case_steps, labels_from_differences,
-                                         margin_candidates, probability_to_uint8, tumor_probability)
+from BiSCSegmentationLib.cascade import CascadePredictor, canonical_view, finish_case, roi_labels
+from BiSCSegmentationLib.decision import ISLAND_FRACTION, Decision, case_step_maps
+from BiSCSegmentationLib.errors import NoKidneyFound
+from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of
 from BiSCSegmentationLib.outputs import write_json
 from BiSCSegmentationLib.volume import Volume
@@ -63,8 +64,9 @@ def _dice(pred: np.ndarray, truth: np.ndarray, truth_total: int) -> float:
 
 def case_scores(canon: Volume, gt: np.ndarray, rois: list, decisions: Sequence[Decision],
                 keep_largest: bool = True) -> Dict[Decision, Tuple[float, float]]:
-    """KiTS19 (kidney, tumor) Dice of every decision rule; ``gt`` is on ``canon``'s grid. The labels are the
-    cascade's (``CascadePredictor.segment`` with that decision), computed inside the ROIs' union box."""
+    """KiTS19 (kidney, tumor) Dice of every decision rule; ``gt`` is on ``canon``'s grid. The labels are made
+    by the cascade's own post-processing (``roi_labels`` per ROI, ``finish_case`` over the case), inside the
+    ROIs' union box; what does not depend on a rule's case steps is computed once per labelling rule."""
     gk, gtm = int(np.count_nonzero(gt)), int(np.count_nonzero(gt == 2))
     if not rois:
         return {d: (1.0 if gk == 0 else 0.0, 1.0 if gtm == 0 else 0.0) for d in decisions}
@@ -72,31 +74,18 @@ def case_scores(canon: Volume, gt: np.ndarray, rois: list, decisions: Sequence[D
     g = gt[union]
     g_fg, g_tumor = g > 0, g == 2
     voxel_ml = float(np.prod(canon.spacing)) / 1000.0
-    boxes = [b for b, _ in rois]
-    p_tumor = None
-    if any(d.min_tumor_probability > 0 for d in decisions):  # as the cascade keeps it: uint8, max where ROIs overlap
-        p_tumor = paste_max(union, boxes, [probability_to_uint8(tumor_probability(diff)) for _, diff in rois])
-    margins = {}  # step 4's candidates depend on the foreground bias and the margin bias only
+    boxes = [tuple(slice(b.start - u.start, b.stop - u.start) for b, u in zip(box, union)) for box, _ in rois]
+    labels, maps, scores = {}, {}, {}
     for d in decisions:
-        key = (d.foreground_bias, d.tumor_margin_bias)
-        if d.has_margin_step and key not in margins:
-            margins[key] = paste_max(union, boxes, [margin_candidates(diff, d) for _, diff in rois])
-    scores = {}
-    for rule in {_labelling(d) for d in decisions}:  # labels once per rule and biases
-        per_roi = []
-        for _, diff in rois:
-            labels = labels_from_differences(diff, rule)
-            drop = small_components(labels, rule.min_island_fraction) if keep_largest else None
-            if drop is not None:
-                labels[drop] = 0
-            per_roi.append(labels)
-        merged = paste_max(union, boxes, per_roi)  # overlapping ROIs: union, tumor wins (as the cascade pastes)
-        for d in decisions:
-            if _labelling(d) != rule:
-                continue
-            pred = merged.copy() if d.has_case_steps else merged
-            apply_case_steps(pred, voxel_ml, d, p_tumor, margins.get((d.foreground_bias, d.tumor_margin_bias)))
-            scores[d] = (_dice(pred > 0, g_fg, gk), _dice(pred == 2, g_tumor, gtm))
+        rule = _labelling(d)
+        if rule not in labels:
+            labels[rule] = [roi_labels(diff, rule, keep_largest) for _, diff in rois]
+        key = (d.min_tumor_probability > 0, d.has_margin_step, d.foreground_bias + d.tumor_margin_bias)
+        if d.has_case_steps and key not in maps:
+            maps[key] = [case_step_maps(diff, d) for _, diff in rois]
+        pred = np.zeros(g.shape, dtype=np.uint8)
+        finish_case(pred, boxes, labels[rule], maps.get(key, []), d, voxel_ml)
+        scores[d] = (_dice(pred > 0, g_fg, gk), _dice(pred == 2, g_tumor, gtm))
     return scores
 
 
@@ -113,8 +102,8 @@ def _init(models: str, kits: str, offset: Optional[int], rough_decisions, decisi
     import torch
     torch.set_num_threads(threads)
     m = Path(models)
-    predictor = CascadePredictor.from_files(m / "rough.pt", m / "fine.pt", device="cpu", roi_growth=growth[0],
-                                            roi_growth_min_mm2=growth[1])
+    settings = InferenceSettings(device="cpu", roi_growth=growth[0], roi_growth_min_mm2=growth[1])
+    predictor = CascadePredictor.from_files(m / "rough.pt", m / "fine.pt", settings)
     _WORKER.update(predictor=predictor,
                    kits=Path(kits), offset=offset, rough_decisions=rough_decisions, decisions=decisions)
 
@@ -221,14 +210,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     own = load_model_file(args.models / "fine.pt", stage="fine")
     own_rough = load_model_file(args.models / "rough.pt", stage="rough")
-    grid = [Decision("foreground", *c) for c in itertools.product(args.foreground_bias, args.tumor_bias,
-                                                                  args.min_tumor_ml, args.min_tumor_probability,
-                                                                  args.min_island_fraction, args.tumor_margin_bias,
-                                                                  args.tumor_margin_min_ml)]
+    axes = {
+        name: getattr(args, name)
+        for name in (
+            "foreground_bias",
+            "tumor_bias",
+            "min_tumor_ml",
+            "min_tumor_probability",
+            "min_island_fraction",
+            "tumor_margin_bias",
+            "tumor_margin_min_ml",
+        )
+    }
+    grid = [Decision("foreground", **dict(zip(axes, c))) for c in itertools.product(*axes.values())]
     # without a margin bias the margin size does nothing: one row, not one per size
     grid = list(dict.fromkeys(d if d.has_margin_step else replace(d, tumor_margin_min_ml=0.0) for d in grid))
     decisions = list(dict.fromkeys([own.decision] + grid))  # the model's own rule: the reference row
-    roughs = list(dict.fromkeys([own_rough.decision] + [Decision("foreground", b) for b in args.rough_foreground_bias]))
+    roughs = list(
+        dict.fromkeys(
+            [own_rough.decision] + [Decision("foreground", foreground_bias=b) for b in args.rough_foreground_bias]
+        )
+    )
     bad = next((f"{stage} rule {d.describe()}: {p}" for stage, rules in (("fine", grid), ("rough", roughs))
                 for d in rules for p in [d.problem(stage)] if p), None)
     if bad:  # before hours of scoring, not when the winner is written

@@ -31,18 +31,17 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from .errors import InputError
+from .inference_settings import BACKEND_CHOICES, BACKEND_NAMES, PRECISIONS  # noqa: F401 (re-export)
 from .model_file import StageModel, default_cache_dir
 from .network import SCUNet, UpGroup
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
-BACKENDS = ("auto", "torch", "openvino")
-PRECISIONS = ("auto", "f32", "bf16", "f16")
-# Choices for command-line options: a backend, optionally with a precision ("openvino-bf16").
-BACKEND_CHOICES = ("auto", "torch", "openvino", "openvino-bf16", "torch-bf16")
+BACKENDS = BACKEND_NAMES
 EXPORT_VERSION = 2  # bump when the export recipe changes: old cached exports are then ignored
 
 
-class BackendError(RuntimeError):
+class BackendError(InputError, RuntimeError):
     """A backend that was asked for by name is not available."""
 
 

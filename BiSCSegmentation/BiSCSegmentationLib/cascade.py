@@ -3,7 +3,7 @@
 The two stages are separately callable, with the ROIs (physical boxes) as the hand-off, so that a person
 can review, move, resize, add or delete ROIs between them (the 3D Slicer module does exactly that):
 
-    predictor = CascadePredictor(rough, fine)
+    predictor = CascadePredictor(rough, fine, InferenceSettings(device="cpu"))
     rough = predictor.locate(ct)                 # RoughResult: preview mask + ROIs
     labels = predictor.segment(ct, rough.rois)   # Volume on exactly ct's grid: 0 bg, 1 kidney, 2 tumor
     # or both at once: predictor.predict(ct)
@@ -11,6 +11,7 @@ can review, move, resize, add or delete ROIs between them (the 3D Slicer module 
 Inputs of any size, spacing and orientation work: the CT is reoriented losslessly to canonical axes,
 resampled per stage, and every result is put back on the input's own grid.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,6 +24,8 @@ import torch
 
 from .backends import select_backend
 from .decision import ISLAND_FRACTION, Decision, apply_case_steps, case_step_maps, labels_from_differences
+from .errors import Cancelled, InputError, ModelError, NoKidneyFound, ROIError
+from .inference_settings import InferenceSettings
 from .limits import allocation_guard, check_fine_stage, check_rough_stage
 from .model_file import StageModel, load_bundled, load_model_file
 from .quality import QualityWarning, check_input, check_result, merge, roi_warnings
@@ -37,19 +40,6 @@ ProgressCallback = Callable[[str, float], None]
 AIR_HU = -1024.0
 
 
-class Cancelled(RuntimeError):
-    """The caller asked to stop; nothing was written."""
-
-
-class NoKidneyFound(RuntimeError):
-    """The rough stage found no kidney-sized structure."""
-
-    def __init__(self):
-        super().__init__("No kidney was found by the rough stage. Add an ROI by hand around each kidney "
-                         "(in 3D Slicer: add an ROI and press Segment; on the command line: write an ROI file as "
-                         "--save-rois does and run again with --rois FILE).")
-
-
 def pick_device(device: str = "auto") -> torch.device:
     """'auto' picks cuda, then Apple mps, then cpu; anything else is passed to torch."""
     if device in (None, "", "auto"):
@@ -61,7 +51,7 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA GPU is available; use 'auto' or 'cpu'")
+        raise InputError("device 'cuda' was requested but no CUDA GPU is available; use 'auto' or 'cpu'")
     return dev
 
 
@@ -91,38 +81,38 @@ class CascadeResult:
 
 
 class CascadePredictor:
-    """Runs both stages; see the module docstring. ``progress(stage, fraction)`` is called as work advances;
-    ``cancel()`` returning True (or an Event being set) stops with :class:`Cancelled`."""
+    """Runs both stages; see the module docstring. ``settings`` (:class:`InferenceSettings`) say how;
+    ``progress(stage, fraction)`` is called as work advances; ``cancel()`` returning True (or an Event being
+    set) stops with :class:`Cancelled`. ``decision``/``rough_decision`` replace the model files' own rules
+    (training's tuner and tests); ``backend`` replaces the backend object the settings name (tests)."""
 
-    def __init__(self, rough: StageModel, fine: StageModel, device: str = "auto", mirror: bool = False,
-                 progress: Optional[ProgressCallback] = None, cancel=None, min_component_ml: float = 10.0,
-                 keep_largest: bool = True, roi_growth: int = 0, roi_growth_min_mm2: float = 200.0, roi_growth_label: int = 1,
-                 backend="auto", precision: Optional[str] = None, decision: Optional[Decision] = None,
-                 rough_decision: Optional[Decision] = None):
+    def __init__(
+        self,
+        rough: StageModel,
+        fine: StageModel,
+        settings: Optional[InferenceSettings] = None,
+        *,
+        progress: Optional[ProgressCallback] = None,
+        cancel=None,
+        decision: Optional[Decision] = None,
+        rough_decision: Optional[Decision] = None,
+        backend=None,
+    ):
         if rough.stage != "rough" or fine.stage != "fine":
-            raise ValueError("CascadePredictor needs a rough and a fine stage model, in that order")
+            raise ModelError("CascadePredictor needs a rough and a fine stage model, in that order")
+        if settings is None:
+            settings = InferenceSettings()
+        elif not isinstance(settings, InferenceSettings):
+            raise TypeError(f"settings must be an InferenceSettings, not {type(settings).__name__}")
+        self.settings = settings
         self.rough_model, self.fine_model = rough, fine
-        self.device = pick_device(device)
-        # backend: a name ("auto", "torch", "openvino", "openvino-bf16") or a backend object (backends.py)
-        self.backend = (select_backend(backend, precision, self.device) if backend is None or isinstance(backend, str)
-                        else backend)
+        self.device = pick_device(settings.device)
+        self.backend = select_backend(settings.backend, None, self.device) if backend is None else backend
         if getattr(self.backend, "name", "torch") != "torch":
             self.device = torch.device("cpu")
         self._runners: Dict[str, Callable] = {}
-        self.mirror = mirror
         self.progress = progress
         self.cancel = cancel
-        self.min_component_ml = min_component_ml
-        self.keep_largest = keep_largest
-        # an ROI whose fine foreground touches a face (over >= roi_growth_min_mm2) is grown through it and run
-        # again, at most roi_growth times (0, the default: never; see grown_differences for why it is off);
-        # used_rois are the boxes the last segment() used
-        # roi_growth_label: what must touch the face, 1 kidney or tumor, 2 tumor only (README: ROI growth)
-        if int(roi_growth) < 0 or roi_growth_label not in (1, 2) or not roi_growth_min_mm2 >= 0:
-            raise ValueError(f"ROI growth needs roi_growth >= 0 (got {roi_growth}), roi_growth_label 1 or 2 (got "
-                             f"{roi_growth_label}) and roi_growth_min_mm2 >= 0 (got {roi_growth_min_mm2})")
-        self.roi_growth, self.roi_growth_min_mm2 = int(roi_growth), float(roi_growth_min_mm2)
-        self.roi_growth_label = int(roi_growth_label)
         self.used_rois: List[KidneyROI] = []
         self._entropy: Tuple[float, int] = (0.0, 0)
         self._checked: Optional[tuple] = None  # (CT array, its geometry, its input warnings): see _check_input
@@ -131,7 +121,7 @@ class CascadePredictor:
         # the fine network's doubt per ROI of the last segment(): (mean entropy over its foreground, voxels)
         self.roi_entropies: List[Tuple[float, int]] = []
         # how each stage's probabilities become labels: the model file's own rule unless one is given
-        self.decision = fine.decision if decision is None else decision
+        self.decision = settings.fine_decision(fine.decision) if decision is None else decision
         self.rough_decision = rough.decision if rough_decision is None else rough_decision
         self.timings: Dict[str, float] = {}
         self.notes: List[str] = []  # what the last segment() changed about its ROIs (duplicates left out)
@@ -156,13 +146,16 @@ class CascadePredictor:
         return self._runners[model.stage]
 
     @classmethod
-    def from_files(cls, rough_path, fine_path, **kwargs) -> "CascadePredictor":
-        return cls(load_model_file(rough_path, stage="rough"), load_model_file(fine_path, stage="fine"), **kwargs)
+    def from_files(cls, rough_path, fine_path, settings: Optional[InferenceSettings] = None,
+                   **kwargs) -> "CascadePredictor":
+        return cls(load_model_file(rough_path, stage="rough"), load_model_file(fine_path, stage="fine"), settings,
+                   **kwargs)
 
     @classmethod
-    def bundled(cls, name: Optional[str] = None, **kwargs) -> "CascadePredictor":
+    def bundled(cls, name: Optional[str] = None, settings: Optional[InferenceSettings] = None,
+                **kwargs) -> "CascadePredictor":
         rough, fine = load_bundled(name)
-        return cls(rough, fine, **kwargs)
+        return cls(rough, fine, settings, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- helpers
     def _check_input(self, ct: Volume) -> List[QualityWarning]:
@@ -192,9 +185,14 @@ class CascadePredictor:
     def _probabilities(self, model: StageModel, image: torch.Tensor, stage: str,
                        span: Tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
         """Softmax of the label branch over a (Z, Y, X) normalised image, by sliding window if needed."""
-        probs = sliding_window(model, image, self.device, self.mirror,
-                               lambda f: self._report(stage, span[0] + f * (span[1] - span[0])),
-                               runner=self._runner(model))
+        probs = sliding_window(
+            model,
+            image,
+            self.device,
+            self.settings.mirror,
+            lambda f: self._report(stage, span[0] + f * (span[1] - span[0])),
+            runner=self._runner(model),
+        )
         return probs
 
     # ----------------------------------------------------------------------------------------------- stages
@@ -220,8 +218,12 @@ class CascadePredictor:
         lowres = _grid_volume(canon, maps, low)
         self.timings["rough"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        rois = rois_from_mask(lowres, self.fine_model.fine_spacing, min_component_ml=self.min_component_ml,
-                              midline_x=_midline_x(canon))
+        rois = rois_from_mask(
+            lowres,
+            self.fine_model.fine_spacing,
+            min_component_ml=self.settings.min_component_ml,
+            midline_x=_midline_x(canon),
+        )
         back = [m.inverse(n) for m, n in zip(maps, canon.array.shape)]
         self.warnings = merge(self.warnings, roi_warnings(rois))
         self.timings["locate"] = time.perf_counter() - t1
@@ -239,28 +241,24 @@ class CascadePredictor:
         rois, self.notes = distinct_rois(rois)
         problems = [p for r in rois for p in check_roi(r, ct)]
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ROIError("; ".join(problems))
         t0 = time.perf_counter()
         canon, reo = canonical_view(ct)
         check_fine_stage(rois, lambda r: fine_grid(canon, r, self.fine_model), ct.array.size, self.fine_model,
                          self.decision.has_case_steps)
         out_stored = np.zeros(ct.array.shape, dtype=np.uint8)
         out = reo.apply(out_stored)  # a canonical view: pasting into it fills out_stored, no copy back
-        boxes, maps, used, entropies = [], [], [], []
+        boxes, per_roi, maps, used, entropies = [], [], [], [], []
         for n, roi in enumerate(rois):
             span = (n / len(rois), (n + 1) / len(rois))
             self._report("fine", span[0])
             roi, box, labels, roi_maps = self._segment_roi(canon, roi, span, self.decision.has_case_steps)
             used.append(roi)
             entropies.append(self._entropy)
-            region = out[box]
-            np.maximum(region, labels, out=region)  # overlapping ROIs: union, tumor wins over kidney
             boxes.append(box)
+            per_roi.append(labels)
             maps.append(roi_maps)
-        if self.decision.has_case_steps:  # over the whole case, so that a tumor split by two ROIs is one
-            union = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
-            pasted = [None if m[0] is None else paste_max(union, boxes, m) for m in zip(*maps)]
-            apply_case_steps(out[union], float(np.prod(canon.spacing)) / 1000.0, self.decision, *pasted)
+        finish_case(out, boxes, per_roi, maps, self.decision, float(np.prod(canon.spacing)) / 1000.0)
         self.used_rois, self.roi_entropies = used, entropies
         self.warnings = merge(input_warnings, check_result(out, canon.array, canon.spacing[::-1], boxes, used,
                                                            entropies))
@@ -268,12 +266,6 @@ class CascadePredictor:
         result = ct.with_array(out_stored)
         self.timings["fine"] = time.perf_counter() - t0
         return result
-
-    def segment_roi(self, canon: Volume, roi: KidneyROI, span=(0.0, 1.0)) -> Tuple[Tuple[slice, ...], np.ndarray]:
-        """Labels for one ROI of a canonical CT: (slices of canon.array, uint8 labels for those voxels); the
-        box is the grown ROI's when the ROI grew."""
-        _, box, labels, _ = self._segment_roi(canon, roi, span, False)
-        return box, labels
 
     def _segment_roi(self, canon: Volume, roi: KidneyROI, span, with_maps: bool):
         """(ROI used, box, labels, the whole-case steps' maps on the same voxels (``case_step_maps``) when
@@ -293,18 +285,18 @@ class CascadePredictor:
         Extra rounds report no progress.
         """
         bounds = _physical_bounds(canon)
-        for round_ in range(self.roi_growth + 1):
+        for round_ in range(self.settings.roi_growth + 1):
             box, restored = self.restored_differences(canon, roi, span if round_ == 0 else (span[1], span[1]))
-            labels = labels_from_differences(restored, self.decision)
-            # islands on the CT's own grid: found on the coarser fine grid instead, they cost 0.0005 kidney and
-            # 0.0007 tumor Dice on the 34 held-out phantoms (thin links to the kidney break there)
-            drop = small_components(labels, self.decision.min_island_fraction) if self.keep_largest else None
-            if drop is not None:
-                labels[drop] = 0
-            if round_ == self.roi_growth:
+            labels = roi_labels(restored, self.decision, self.settings.keep_largest)
+            if round_ == self.settings.roi_growth:
                 break
-            faces = touched_faces(labels >= self.roi_growth_label, box, canon.array.shape, canon.spacing[::-1],
-                                  self.roi_growth_min_mm2)
+            faces = touched_faces(
+                labels >= self.settings.roi_growth_label,
+                box,
+                canon.array.shape,
+                canon.spacing[::-1],
+                self.settings.roi_growth_min_mm2,
+            )
             grown = grow_roi(roi, faces, bounds=bounds) if faces else roi
             if grown == roi or max(grown.size) > MAX_ROI_SIDE_MM:  # no kidney is that large (roi.check_roi)
                 break
@@ -321,8 +313,9 @@ class CascadePredictor:
         probs = self._probabilities(self.fine_model, image, "fine", span)
         back = [m.inverse(s.stop - s.start, s.start) for m, s in zip(grid, box)]
         if probs.shape[0] != 3:
-            raise ValueError(f"the fine model predicts {probs.shape[0]} classes; the cascade needs 3 "
-                             "(background, kidney, tumor)")
+            raise ModelError(
+                f"the fine model predicts {probs.shape[0]} classes; the cascade needs 3 " "(background, kidney, tumor)"
+            )
         self._entropy = foreground_entropy(probs)
         # Interpolation is linear, so restoring p1 - p0 and p2 - p0 gives the labels of the restored
         # probabilities (either decision rule) with two channels instead of three (a third less of the
@@ -377,6 +370,41 @@ def label_argmax(probs: torch.Tensor) -> np.ndarray:
     out = kidney.to(torch.uint8)
     out[p2 > torch.maximum(p0, p1)] = 2
     return out.cpu().numpy()
+
+
+def roi_labels(restored: torch.Tensor, decision: Decision, keep_largest: bool = True) -> np.ndarray:
+    """One ROI's labels from its restored differences (``restored_differences``): the decision rule, then the
+    islands dropped (:func:`small_components`). With :func:`finish_case`, the fine output's whole
+    post-processing: the cascade and training's decision tuner both run exactly these two functions.
+
+    Islands are found on the CT's own grid: on the coarser fine grid instead, they cost 0.0005 kidney and
+    0.0007 tumor Dice on the 34 held-out phantoms (thin links to the kidney break there)."""
+    labels = labels_from_differences(restored, decision)
+    drop = small_components(labels, decision.min_island_fraction) if keep_largest else None
+    if drop is not None:
+        labels[drop] = 0
+    return labels
+
+
+def finish_case(
+    out: np.ndarray,
+    boxes: Sequence[Tuple[slice, ...]],
+    labels: Sequence[np.ndarray],
+    maps: Sequence,
+    decision: Decision,
+    voxel_ml: float,
+) -> None:
+    """In place: each ROI's ``labels`` pasted into ``out`` at its box (overlapping ROIs: union, tumor wins over
+    kidney), then the decision's whole-case steps over the union of the boxes, so that a tumor split by two
+    ROIs is one, with each ROI's ``case_step_maps`` (``maps``; unused when the rule has no such step) pasted
+    the same way."""
+    for box, roi_out in zip(boxes, labels):
+        region = out[box]
+        np.maximum(region, roi_out, out=region)
+    if decision.has_case_steps and boxes:
+        union = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+        pasted = [None if m[0] is None else paste_max(union, boxes, m) for m in zip(*maps)]
+        apply_case_steps(out[union], voxel_ml, decision, *pasted)
 
 
 def paste_max(union: Tuple[slice, ...], boxes: Sequence[Tuple[slice, ...]], arrays: Sequence[np.ndarray]) -> np.ndarray:

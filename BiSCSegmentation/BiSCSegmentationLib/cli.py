@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .errors import EXIT_CANCELLED, EXIT_NO_KIDNEY, EXIT_USAGE, BiSCError, InputError
+from .inference_settings import BACKEND_CHOICES, InferenceSettings
 from .outputs import Interrupted, OutputSet, check_targets, signals_as_interrupts
 from .quality import QualityWarning, check_input, exit_status_text, merge
 from .roi import KidneyROI, ROIError, check_roi, load_rois, rois_document
@@ -25,10 +27,9 @@ from .seg_nrrd import SEGMENTS, SegmentInfo, add_seg_nrrd, seg_nrrd_metadata, wr
 from .summary import summary_document
 from .volume import WRITABLE_LABEL_SUFFIXES, Volume, VolumeError, read_volume
 
-EXIT_USAGE = 2
-EXIT_NO_KIDNEY = 3
 EXIT_WARNINGS = 4   # --strict: the run finished and wrote its outputs, but raised quality warnings
-EXIT_CANCELLED = 130  # SIGINT; SIGTERM exits 143 and SIGHUP 129 (128 + the signal's number)
+# EXIT_CANCELLED (130) is SIGINT's; SIGTERM exits 143 and SIGHUP 129 (128 + the signal's number)
+DEFAULTS = InferenceSettings()
 OVERWRITE_HINT = "pass --force to overwrite it"
 
 # ------------------------------------------------------------------------------------------------- bisc-segment
@@ -57,7 +58,9 @@ def build_segment_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="NAME", help="bundled model name (default: the bundled default)")
     p.add_argument("--rough-model", metavar="FILE", help="rough-stage model file (needs --fine-model)")
     p.add_argument("--fine-model", metavar="FILE", help="fine-stage model file (needs --rough-model)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
+    p.add_argument(
+        "--device", default=DEFAULTS.device, choices=("auto", "cpu", "cuda"), help="where to run (default auto)"
+    )
     p.add_argument("--mirror", action="store_true", help="average over 8 mirrorings (better, 8x slower)")
     p.add_argument("--keep-small-tumors", action="store_true",
                    help="keep every tumor component (skip the fine model's step that turns separate tumor spots "
@@ -65,13 +68,22 @@ def build_segment_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain-tumor-borders", action="store_true",
                    help="skip the fine model's step that grows large tumors into the voxels around them that the "
                         "network is unsure of (the network's own tumor border)")
-    p.add_argument("--roi-growth", type=int, default=0, metavar="N",
-                   help="grow an ROI whose kidney or tumor reaches its face through that face and run the fine stage "
-                        "again, at most N times (default 0: the boxes exactly as given; 2 recovers kidneys a box "
-                        "cut off, but also follows false kidney into neighbouring organs, see README). "
-                        "--save-rois writes the boxes used")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino", "openvino-bf16", "torch-bf16"),
-                   help="what runs the networks: auto = OpenVINO on the CPU when installed, else PyTorch (default)")
+    p.add_argument(
+        "--roi-growth",
+        type=int,
+        default=DEFAULTS.roi_growth,
+        metavar="N",
+        help="grow an ROI whose kidney or tumor reaches its face through that face and run the fine stage "
+        "again, at most N times (default 0: the boxes exactly as given; 2 recovers kidneys a box "
+        "cut off, but also follows false kidney into neighbouring organs, see README). "
+        "--save-rois writes the boxes used",
+    )
+    p.add_argument(
+        "--backend",
+        default=DEFAULTS.backend,
+        choices=BACKEND_CHOICES,
+        help="what runs the networks: auto = OpenVINO on the CPU when installed, else PyTorch (default)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
@@ -89,7 +101,7 @@ class SegmentOutcome:
     warnings: List[QualityWarning] = field(default_factory=list)
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     """Bad combination of arguments or output paths."""
 
 
@@ -136,7 +148,6 @@ def check_outputs(args) -> None:
 
 
 def load_predictor(args, progress=None):
-    from .backends import BackendError
     from .cascade import CascadePredictor
     from .model_file import ModelFileError, load_bundled, load_model_file
 
@@ -148,17 +159,19 @@ def load_predictor(args, progress=None):
             rough, fine = load_bundled(args.model)
         except ModelFileError as exc:
             raise ModelFileError(f"{exc} (or pass --rough-model FILE --fine-model FILE)") from exc
-    try:
-        decision = fine.decision
-        if getattr(args, "keep_small_tumors", False):
-            decision = decision.without_small_tumor_step()
-        if getattr(args, "plain_tumor_borders", False):
-            decision = decision.without_tumor_margins()
-        return CascadePredictor(rough, fine, device=args.device, mirror=args.mirror, progress=progress,
-                                backend=getattr(args, "backend", "auto"), roi_growth=getattr(args, "roi_growth", 0),
-                                decision=decision)
-    except (ValueError, BackendError) as exc:
-        raise UsageError(str(exc)) from exc
+    return CascadePredictor(rough, fine, settings_from_args(args), progress=progress)
+
+
+def settings_from_args(args) -> InferenceSettings:
+    """The inference settings of a parsed bisc-segment command line (the one place its options become them)."""
+    return InferenceSettings(
+        device=args.device,
+        backend=args.backend,
+        mirror=bool(args.mirror),
+        roi_growth=int(args.roi_growth),
+        keep_small_tumors=bool(args.keep_small_tumors),
+        plain_tumor_borders=bool(args.plain_tumor_borders),
+    )
 
 
 class _Progress:
@@ -320,10 +333,14 @@ def _model_info(predictor, args) -> Dict:
 
 
 def _settings(args, predictor) -> Dict:
-    return {"device": str(predictor.device), "backend": predictor.backend_name, "mirror": bool(args.mirror),
-            "roi_growth": int(args.roi_growth), "keep_small_tumors": bool(args.keep_small_tumors),
-            "plain_tumor_borders": bool(args.plain_tumor_borders), "rois_from": args.rois,
-            "rough_only": bool(args.rough_only)}
+    """The summary's record of how the run went: the settings as given, what ran them, and the run's mode."""
+    return {
+        **predictor.settings.to_dict(),
+        "device": str(predictor.device),
+        "backend": predictor.backend_name,
+        "rois_from": args.rois,
+        "rough_only": bool(args.rough_only),
+    }
 
 
 def _mm(size) -> str:
@@ -336,8 +353,7 @@ def _error(msg: str) -> None:
 
 def run_segment_cli(argv: Optional[Sequence[str]] = None) -> Tuple[int, Optional[SegmentOutcome]]:
     """Parse, run, and turn every expected failure into (exit code, None) with a one-line message."""
-    from .cascade import Cancelled, NoKidneyFound
-    from .model_file import ModelFileError
+    from .errors import Cancelled, NoKidneyFound
 
     parser = build_segment_parser()
     try:
@@ -356,10 +372,10 @@ def run_segment_cli(argv: Optional[Sequence[str]] = None) -> Tuple[int, Optional
         else:
             print("\nCancelled: nothing was written.", file=sys.stderr, flush=True)
         return (exc.exit_code if isinstance(exc, Interrupted) else EXIT_CANCELLED), None
-    except (VolumeError, ROIError, ModelFileError, UsageError, FileExistsError) as exc:
+    except BiSCError as exc:  # errors.py: the message says what was wrong and what to do
         _error(str(exc))
-        return EXIT_USAGE, None
-    except ValueError as exc:  # e.g. ROIs rejected by the cascade
+        return exc.exit_code, None
+    except (FileExistsError, ValueError) as exc:  # from a library, about the user's input
         _error(str(exc))
         return EXIT_USAGE, None
     except MemoryError:

@@ -71,12 +71,8 @@ class Decision:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown decision settings {sorted(unknown)}")
-        try:
-            out = cls(str(d.get("rule", "argmax")), float(d.get("foreground_bias", 0.0)),
-                      float(d.get("tumor_bias", 0.0)), float(d.get("min_tumor_ml", 0.0)),
-                      float(d.get("min_tumor_probability", 0.0)),
-                      float(d.get("min_island_fraction", ISLAND_FRACTION)),
-                      float(d.get("tumor_margin_bias", 0.0)), float(d.get("tumor_margin_min_ml", 0.0)))
+        try:  # by name: a field added later cannot shift the others; a missing one takes its default
+            out = cls(**{k: (str(v) if k == "rule" else float(v)) for k, v in d.items()})
         except (TypeError, ValueError) as exc:
             raise ValueError(f"decision settings must be numbers: {exc}") from None
         problem = out.problem()

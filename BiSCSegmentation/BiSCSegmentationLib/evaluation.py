@@ -37,6 +37,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from .errors import InputError
 from .metrics import TUMOR, case_metrics, roi_containment, volume_ml
 from .outputs import OutputSet
 from .roi import load_rois
@@ -51,7 +52,7 @@ CYST_AS = {"kidney": 1}     # --cyst-as choices: where a KiTS21/23 cyst (3) goes
 ROI_SUFFIX = ".rois.json"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
     """Bad input to an evaluation; the message names the case or folder and says what to do."""
 
 

@@ -26,12 +26,14 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from .errors import ResourceError
+
 MAX_ROIS = 4             # two kidneys, each at most split in two by a person; more is a mistake, not more kidney
 MAX_GRID_VOXELS = 1 << 30  # no stage's grid needs a billion voxels (a 400 mm ROI at 0.78 x 0.78 x 3 mm: 37 M)
 GIB = float(1 << 30)
 
 
-class ResourceLimitError(ValueError):
+class ResourceLimitError(ResourceError):
     """The work would exceed this machine's memory or a plausible size; the message says which and why."""
 
 

@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .decision import Decision
+from .errors import ModelError
 from .network import SCUNet, SCUNetConfig
 from .outputs import write_file
 from .volume import unreadable
@@ -38,7 +39,7 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "models"
 REGISTRY = BUNDLED_DIR / "models.json"
 
 
-class ModelFileError(ValueError):
+class ModelFileError(ModelError):
     """A model file is missing, corrupt, of another format, or does not match its checksum or architecture."""
 
 

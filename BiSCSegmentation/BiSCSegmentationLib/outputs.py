@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
+from .errors import InputError
+
 DEFAULT_HINT = "choose another name or allow overwriting it"
 Writer = Callable[[Path], None]
 Verifier = Callable[[Path], None]
 
 
-class OutputError(ValueError):
+class OutputError(InputError):
     """An output cannot be written; nothing was written. The message says what to do."""
 
 

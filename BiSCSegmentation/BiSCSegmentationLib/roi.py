@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from .errors import ROIError
 from .outputs import write_json
 from .volume import Volume
 
@@ -32,10 +33,6 @@ MIN_ROI_MM = 16.0
 # and ~330 mm along z with a large tumor; a larger ROI is a mistake that would only cost memory (a 10 m box
 # asked for 24 GB).
 MAX_ROI_SIDE_MM = 600.0  # wider than a body: a mistake, not a kidney (quality.py warns from 250 mm)
-
-
-class ROIError(ValueError):
-    """An ROI or ROI file is unusable; the message says what to fix."""
 
 
 @dataclass

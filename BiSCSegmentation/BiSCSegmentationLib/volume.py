@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .errors import InputError
 from .outputs import OutputSet, check_target, make_readable_like_new_file, temp_sibling  # noqa: F401 (re-export)
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -26,7 +27,7 @@ READABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITABLE_LABEL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 
-class VolumeError(ValueError):
+class VolumeError(InputError):
     """A volume could not be read, written or used; the message says what to do."""
 
 

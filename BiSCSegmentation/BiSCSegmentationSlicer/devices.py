@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from typing import List, Optional, Tuple
 
+from BiSCSegmentationLib.errors import InputError
+
 MIN_TORCH = (2, 0)
 MPS_TESTED = False
 CHOICES = ("auto", "cpu", "cuda")
@@ -25,7 +27,7 @@ MPS_NOTE = ("This Mac's GPU (MPS) is not used: the cascade has not been tested o
             "instead.")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(InputError, RuntimeError):
     """The chosen device cannot be used; the message says what to do."""
 
 

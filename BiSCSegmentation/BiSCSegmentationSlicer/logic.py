@@ -17,6 +17,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from BiSCSegmentationLib.errors import USER_KINDS, InputError
+from BiSCSegmentationLib.inference_settings import InferenceSettings
+
 from . import planning, rois as roi_nodes, segmentation as segs
 from .models import ModelChoice
 from .scene import SceneContext, SceneError, volume_from_node
@@ -28,24 +31,19 @@ CANCELLED_MESSAGE = "Cancelled. Nothing was changed."
 CLOSED_MESSAGE = "The CT was closed or removed while the run was going; nothing was added to the scene."
 # the quality warnings of the run that wrote a segmentation travel with it (JSON list of code/severity/message)
 WARNINGS_ATTRIBUTE = "BiSCSegmentation.QualityWarnings"
-PLAIN_ERRORS = ("ModelFileError", "VolumeError", "ROIError", "ValueError", "SceneError", "FileNotFoundError",
-                "DeviceError", "ResourceLimitError")
 
 
-class WorkflowError(RuntimeError):
+class WorkflowError(InputError, RuntimeError):
     """Something the user can fix; the message says what (shown as is)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Options:
+    """What a run uses: which model, and how to run it (the core's one settings object; device "auto" is
+    resolved by devices.resolve: CUDA when usable, else the CPU)."""
+
     model: ModelChoice = field(default_factory=ModelChoice)
-    device: str = "auto"             # auto | cpu | cuda (devices.resolve: CUDA when usable, else the CPU)
-    mirror: bool = False             # test-time mirroring (8x slower)
-    min_component_ml: float = 10.0   # rough stage: smallest structure taken for a kidney
-    keep_small_tumors: bool = False  # fine stage: skip the model's tumor component step (decision.py)
-    roi_growth: int = 0              # fine stage: grow an ROI the kidney reaches the face of, at most N times
-    plain_tumor_borders: bool = False  # fine stage: skip the model's tumor margin step (decision.py, step 4)
-    backend: str = "auto"            # auto | torch | openvino (BiSCSegmentationLib.backends)
+    settings: InferenceSettings = field(default_factory=InferenceSettings)
 
 
 @dataclass
@@ -81,22 +79,24 @@ def stored_warnings(node) -> list:
 
 def error_message(status: Status) -> str:
     """Plain words for a failed or cancelled run."""
-    kind, text = status.error_kind, status.error
-    if kind == "NoKidneyFound":
+    kind, text = status.error_kind, status.error  # kind: BiSCSegmentationLib.errors.error_record
+    if kind == "no_kidney":
         return NO_KIDNEY_MESSAGE
-    if kind == "Cancelled" or status.state == "cancelled":
+    if kind == "cancelled" or status.state == "cancelled":
         return CANCELLED_MESSAGE
-    if kind == "ModuleNotFoundError" and "torch" in text:
-        return ("PyTorch is not installed for the computation. Press \"Install dependencies\" in the Input "
-                "section (or \"Reinstall dependencies\" under Advanced).")
-    if "out of memory" in text.lower() and kind not in PLAIN_ERRORS:
+    if kind in USER_KINDS:
+        return text
+    if kind == "missing_dependency":
+        return (
+            f"A package the computation needs is missing ({text}). Press \"Install dependencies\" in the Input "
+            "section (or \"Reinstall dependencies\" under Advanced)."
+        )
+    if kind == "memory":
         return ("The computation ran out of memory, on the CPU too. Close other programs, or use smaller ROIs, "
                 "and try again.")
-    if kind in PLAIN_ERRORS:
-        return text
-    if kind == "ProcessError":
+    if kind == "process":
         return f"The computation {text}. Details are in the Python console."
-    return f"The computation failed ({kind}: {text}). Details are in the Python console."
+    return f"The computation failed ({status.error_type or kind}: {text}). Details are in the Python console."
 
 
 class BiSCLogic:
@@ -139,9 +139,7 @@ class BiSCLogic:
         if problems:
             raise WorkflowError(" ".join(problems))
         ct = self.ct(volume_node)
-        request = make_request(task, options.model.to_dict(), options.device, options.mirror,
-                               options.min_component_ml, rois, options.keep_small_tumors, options.roi_growth,
-                               options.plain_tumor_borders, options.backend)
+        request = make_request(task, options.model.to_dict(), options.settings, rois)
         job = ThreadJob(request, ct) if self.runner == "thread" else ProcessJob(request, ct, python=self.python)
         run = Run(task, volume_node, ct, job.start(), list(rois))
         self.active.append(run)

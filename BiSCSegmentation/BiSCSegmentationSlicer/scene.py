@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import slicer
 import vtk
+from BiSCSegmentationLib.errors import InputError
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -21,7 +22,7 @@ LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 REQUIRED_LOGICS = ("Segmentations", "Markups", "SubjectHierarchy", "Volumes")
 
 
-class SceneError(RuntimeError):
+class SceneError(InputError, RuntimeError):
     """The scene or a node cannot be used as asked; the message says what to do."""
 
 

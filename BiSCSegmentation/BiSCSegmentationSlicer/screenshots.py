@@ -298,7 +298,7 @@ def make_screenshots(out_dir: str, models: Optional[Tuple[str, str]] = None, see
     logic = BiSCLogic(ctx, runner="thread")
     ct = volume_from_node(node)
     if models:
-        options = Options(ModelChoice(kind="files", rough_path=models[0], fine_path=models[1]))
+        options = Options(model=ModelChoice(kind="files", rough_path=models[0], fine_path=models[1]))
         logic.locate(node, options)
     else:   # stand-in for the rough stage: a coarse, slightly grown version of the true kidneys
         rough = ndimage.binary_dilation(labels.array > 0, iterations=2)

@@ -77,12 +77,17 @@ def run_workflow(workflow, volume_node, case: Dict, check: Callable, say: Callab
     from BiSCSegmentationLib.volume import read_volume
 
     from . import planning, rois, segmentation as segs, terminology as term
+    from BiSCSegmentationLib.inference_settings import InferenceSettings
+
     from .logic import Options, WorkflowError
     from .models import ModelChoice
     from .scene import save_node, study_of
 
     ctx = workflow.ctx
-    options = Options(ModelChoice(kind="files", rough_path=case["rough"], fine_path=case["fine"]), device="cpu")
+    options = Options(
+        model=ModelChoice(kind="files", rough_path=case["rough"], fine_path=case["fine"]),
+        settings=InferenceSettings(device="cpu"),
+    )
     report = {}
 
     say("Locate kidneys: rough stage in the background, polled")

@@ -29,6 +29,8 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from BiSCSegmentationLib.errors import error_record
+
 from . import proctree
 
 STAGE_TEXT = {"starting": "Starting", "loading models": "Loading the model", "download": "Downloading the model",
@@ -45,7 +47,8 @@ class Status:
     stage: str = "starting"
     fraction: float = 0.0
     error: str = ""
-    error_kind: str = ""           # exception class name (NoKidneyFound, ModelFileError, Cancelled, ...)
+    error_kind: str = ""  # BiSCSegmentationLib.errors.KINDS: input, roi, model, no_kidney, cancelled, ...
+    error_type: str = ""  # the exception's class name, for the log only
     # locate: {"mask", "rois"}; segment: {"labels", "rois" (the boxes used)}; both: "backend", "seconds",
     # "warnings" (quality warnings as dicts: code, severity, message)
     result: Optional[dict] = None
@@ -79,15 +82,15 @@ class Status:
         return f" ({', '.join(parts)})" if parts else ""
 
 
-def make_request(task: str, model: dict, device: str = "auto", mirror: bool = False,
-                 min_component_ml: float = 10.0, rois=(), keep_small_tumors: bool = False,
-                 roi_growth: int = 0, plain_tumor_borders: bool = False, backend: str = "auto") -> dict:
+def make_request(task: str, model: dict, settings=None, rois=()) -> dict:
+    """What a job needs, as plain data: the task, the model choice (models.ModelChoice.to_dict()), the inference
+    settings (BiSCSegmentationLib.inference_settings.InferenceSettings; defaults when None) and the ROIs."""
+    from BiSCSegmentationLib.inference_settings import InferenceSettings
+
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}")
-    return {"task": task, "model": dict(model), "device": device, "mirror": bool(mirror),
-            "min_component_ml": float(min_component_ml), "rois": [r.to_dict() for r in rois],
-            "keep_small_tumors": bool(keep_small_tumors), "roi_growth": int(roi_growth),
-            "plain_tumor_borders": bool(plain_tumor_borders), "backend": backend}
+    settings = InferenceSettings() if settings is None else settings
+    return {"task": task, "model": dict(model), "settings": settings.to_dict(), "rois": [r.to_dict() for r in rois]}
 
 
 def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -> dict:
@@ -95,12 +98,14 @@ def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -
     stage on ``ct`` (a Volume). A GPU that runs out of memory is replaced by the CPU once; ``notes`` in the
     result tell the user about such choices."""
     import torch
+    from BiSCSegmentationLib.inference_settings import InferenceSettings
 
     from . import devices
 
-    device, notes = devices.resolve(request.get("device", "auto"), torch)
+    settings = InferenceSettings.from_dict(request.get("settings", {}))
+    device, notes = devices.resolve(settings.device, torch)
     try:
-        result = _compute_on(device, request, ct, progress, cancel)
+        result = _compute_on(settings.replace(device=device), request, ct, progress, cancel)
     except Exception as exc:  # noqa: BLE001 - only a GPU out-of-memory error is retried
         if device == "cpu" or not devices.is_out_of_memory(exc):
             raise
@@ -108,12 +113,12 @@ def compute(request: dict, ct, progress: Callable[[str, float], None], cancel) -
             torch.cuda.empty_cache()
         notes.append(devices.OOM_FALLBACK_NOTE)
         progress("starting", 0.0)
-        result = _compute_on("cpu", request, ct, progress, cancel)
+        result = _compute_on(settings.replace(device="cpu"), request, ct, progress, cancel)
     result["notes"] = notes
     return result
 
 
-def _compute_on(device: str, request: dict, ct, progress, cancel) -> dict:
+def _compute_on(settings, request: dict, ct, progress, cancel) -> dict:
     from BiSCSegmentationLib.cascade import CascadePredictor
     from BiSCSegmentationLib.roi import KidneyROI
 
@@ -121,15 +126,7 @@ def _compute_on(device: str, request: dict, ct, progress, cancel) -> dict:
 
     progress("loading models", 0.0)
     rough, fine = load_models(ModelChoice.from_dict(request["model"]), progress)
-    predictor = CascadePredictor(rough, fine, device=device, mirror=request.get("mirror", False),
-                                 progress=progress, cancel=cancel,
-                                 min_component_ml=float(request.get("min_component_ml", 10.0)),
-                                 roi_growth=int(request.get("roi_growth", 0)),
-                                 backend=request.get("backend", "auto") or "auto")
-    if request.get("keep_small_tumors"):
-        predictor.decision = predictor.decision.without_small_tumor_step()
-    if request.get("plain_tumor_borders"):
-        predictor.decision = predictor.decision.without_tumor_margins()
+    predictor = CascadePredictor(rough, fine, settings, progress=progress, cancel=cancel)
     if request["task"] == "locate":
         rough_result = predictor.locate(ct)
         result = {"mask": np.asarray(rough_result.mask.array).astype(np.uint8), "rois": list(rough_result.rois)}
@@ -175,8 +172,7 @@ class ThreadJob:
             result = compute(self.request, self.ct, self._progress, self._cancel)
             self._set(state="done", result=result, fraction=1.0)
         except BaseException as exc:  # noqa: B902 - reported to the main thread, never lost
-            state = "cancelled" if type(exc).__name__ == "Cancelled" else "failed"
-            self._set(state=state, error=str(exc), error_kind=type(exc).__name__, details=traceback.format_exc())
+            self._set(**_failure(error_record(exc)), details=traceback.format_exc())
 
     def poll(self) -> Status:
         with self._lock:
@@ -281,9 +277,7 @@ class ProcessJob:
     def _outcome(self, code: int) -> Status:
         error = _read_json(os.path.join(self.dir, "error.json"))
         if error:
-            state = "cancelled" if error.get("kind") == "Cancelled" else "failed"
-            return Status(state=state, error=error.get("message", ""), error_kind=error.get("kind", ""),
-                          details=error.get("traceback", ""))
+            return Status(**_failure(error), details=error.get("traceback", ""))
         if code == 0 and os.path.isfile(os.path.join(self.dir, "result.json")):
             meta = _read_json(os.path.join(self.dir, "result.json"))
             with np.load(os.path.join(self.dir, "result.npz")) as data:
@@ -294,8 +288,12 @@ class ProcessJob:
             result.update({k: meta[k] for k in ("backend", "seconds", "warnings", "notes") if k in meta})
             return Status(state="done", stage=meta.get("stage", ""), fraction=1.0, result=result)
         tail = self.log_tail()
-        return Status(state="failed", error_kind="ProcessError", details=tail,
-                      error=f"the background process stopped unexpectedly (exit code {code})")
+        return Status(
+            state="failed",
+            error_kind="process",
+            details=tail,
+            error=f"the background process stopped unexpectedly (exit code {code})",
+        )
 
     def _finish(self, status: Status) -> Status:
         self._final = status
@@ -330,11 +328,22 @@ class ProcessJob:
         except subprocess.TimeoutExpired:   # pragma: no cover - reported through survivors
             self.survivors = list(dict.fromkeys(self.survivors + [self.proc.pid]))
         self.cancel_seconds = time.monotonic() - t0
-        self._finish(Status(state="cancelled", error="cancelled", error_kind="Cancelled"))
+        self._finish(Status(state="cancelled", error="cancelled", error_kind="cancelled"))
         return self.survivors
 
     def wait(self, timeout: Optional[float] = None, interval: float = 0.1) -> Status:
         return _wait(self, timeout, interval)
+
+
+def _failure(record: dict) -> dict:
+    """Status fields for an errors.error_record (the structured error both runners pass back)."""
+    kind = str(record.get("kind", "internal"))
+    return {
+        "state": "cancelled" if kind == "cancelled" else "failed",
+        "error": str(record.get("message", "")),
+        "error_kind": kind,
+        "error_type": str(record.get("type", "")),
+    }
 
 
 def _write_json(path: str, doc) -> None:
@@ -374,8 +383,7 @@ def main(argv=None) -> int:
     try:
         result = compute(request, ct, progress, lambda: os.path.exists(cancel_file))
     except BaseException as exc:  # noqa: B902 - everything goes back to the parent
-        _write_json(os.path.join(jobdir, "error.json"), {"kind": type(exc).__name__, "message": str(exc),
-                                                         "traceback": traceback.format_exc()})
+        _write_json(os.path.join(jobdir, "error.json"), {**error_record(exc), "traceback": traceback.format_exc()})
         return 1
     arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
     np.savez_compressed(os.path.join(jobdir, "result.npz"), **arrays)

@@ -19,8 +19,28 @@ if "BISC_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["BISC_CACHE_DIR"], ignore_errors=True)
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from conftest import ...` in test modules
 
-requires_kits = pytest.mark.skipif(not (KITS_DIR / "case_00000").is_dir(),
-                                   reason=f"real KiTS19 label maps not found at {KITS_DIR} (../shared/data/kits19)")
+SHARED_DATA = REPO.parent / "shared" / "data"
+SKIP_SHARED = os.environ.get("BISC_SKIP_SHARED") == "1"
+
+
+def needs_shared(path: Path, what: str):
+    """Mark a test that reads licensed data from ../shared (beside the repository, never in it). CI has it, so
+    a missing file fails the test; on a machine without it, BISC_SKIP_SHARED=1 skips such tests instead."""
+    return pytest.mark.shared_data(path=Path(path), what=what)
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("shared_data"):
+        path, what = mark.kwargs["path"], mark.kwargs["what"]
+        if not path.exists():
+            text = (f"{what} not found at {path}: these tests read licensed data from ../shared beside the "
+                    "repository (CI has it)")
+            if SKIP_SHARED:
+                pytest.skip(f"{text}; skipped because BISC_SKIP_SHARED=1")
+            pytest.fail(f"{text}. On a machine without it, set BISC_SKIP_SHARED=1 to skip them.", pytrace=False)
+
+
+requires_kits = needs_shared(KITS_DIR / "case_00000", "the real KiTS19 label maps")
 
 
 def tiny_stage_models(rough_grid=None, fine_spacing=(1.5, 1.5, 3.0), widths=(4, 8, 16, 32), seed=0):

@@ -302,16 +302,7 @@ def test_input_formats(fmt, models, tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- phantom / demo
-def _phantom_ready() -> bool:
-    try:
-        from BiSCSegmentationLib import phantom
-    except ImportError:
-        return False
-    return all(hasattr(phantom, f) for f in ("make_case", "write_kits_case"))
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _phantom_ready(), reason="BiSCSegmentationLib.phantom is not available")
 def test_console_scripts_phantom_then_segment(models, tmp_path):
     """The installed console scripts, as a user runs them (subprocess)."""
     run = subprocess.run([str(BIN / "bisc-phantom"), str(tmp_path / "cases"), "--spacing", "3", "3", "6",
@@ -373,17 +364,7 @@ def test_render_overview(tmp_path):
         save_png(img, tmp_path / "o.png")
 
 
-def _bundled_models_present() -> bool:
-    try:
-        reg = json.loads((BUNDLED_DIR / "models.json").read_text())
-        entry = reg["models"][reg["default"]]
-        return all((BUNDLED_DIR / entry[s]["file"]).is_file() for s in ("rough", "fine"))
-    except (OSError, KeyError, ValueError):
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _bundled_models_present(), reason="bundled model weights are not installed")
 def test_demo_with_bundled_models(tmp_path, capsys):
     from BiSCSegmentationLib.demo import main
 

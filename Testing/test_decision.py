@@ -223,32 +223,20 @@ def test_model_file_keeps_its_decision_and_rejects_bad_ones(tmp_path):
     save_model_file(fine, tmp_path / "fp.pt")
     assert load_model_file(tmp_path / "fp.pt").decision.min_tumor_probability == 0.7
     # the island fraction: kept in the file; a file written before it was a setting keeps the old 0.2
-    fine.decision = Decision(
-        "foreground",
-        foreground_bias=0.125,
-        tumor_bias=0.25,
-        min_tumor_ml=0.0,
-        min_tumor_probability=0.7,
-        min_island_fraction=0.5,
-        tumor_margin_bias=1.0,
-        tumor_margin_min_ml=50.0,
-    )
+    fine.decision = Decision("foreground", foreground_bias=0.125, tumor_bias=0.25, min_tumor_ml=0.0,
+                             min_tumor_probability=0.7, min_island_fraction=0.5, tumor_margin_bias=1.0,
+                             tumor_margin_min_ml=50.0)
     save_model_file(fine, tmp_path / "island.pt")
     assert load_model_file(tmp_path / "island.pt").decision == fine.decision
     raw = torch.load(tmp_path / "island.pt", weights_only=True)
     for key in ("min_island_fraction", "tumor_margin_bias", "tumor_margin_min_ml"):
         del raw["decision"][key]
     torch.save(raw, tmp_path / "old.pt")
-    assert load_model_file(tmp_path / "old.pt").decision == Decision(
-        "foreground",
-        foreground_bias=0.125,
-        tumor_bias=0.25,
-        min_tumor_ml=0.0,
-        min_tumor_probability=0.7,
-        min_island_fraction=0.2,
-        tumor_margin_bias=0.0,
-        tumor_margin_min_ml=0.0,
-    )
+    assert load_model_file(tmp_path / "old.pt").decision == Decision("foreground", foreground_bias=0.125,
+                                                                     tumor_bias=0.25, min_tumor_ml=0.0,
+                                                                     min_tumor_probability=0.7,
+                                                                     min_island_fraction=0.2, tumor_margin_bias=0.0,
+                                                                     tumor_margin_min_ml=0.0)
     rough.decision = Decision("foreground", foreground_bias=0.5, min_island_fraction=0.5)
     with pytest.raises(ValueError, match="fine-stage settings"):
         save_model_file(rough, tmp_path / "rough_island.pt")
@@ -428,49 +416,16 @@ def test_tuning_scores_are_those_of_the_cascade_run_with_each_rule():
         Decision("foreground", foreground_bias=0.25, tumor_bias=0.125, min_tumor_ml=3.0),
         Decision("foreground", foreground_bias=0.25, tumor_bias=0.125, min_tumor_ml=0.0, min_tumor_probability=0.7),
         Decision("foreground", foreground_bias=0.0, tumor_bias=0.125, min_tumor_ml=2.0, min_tumor_probability=0.65),
-        Decision(
-            "foreground",
-            foreground_bias=0.25,
-            tumor_bias=0.125,
-            min_tumor_ml=0.0,
-            min_tumor_probability=0.7,
-            min_island_fraction=1.0,
-        ),
-        Decision(
-            "foreground",
-            foreground_bias=0.25,
-            tumor_bias=0.125,
-            min_tumor_ml=0.0,
-            min_tumor_probability=0.7,
-            min_island_fraction=0.0,
-        ),
-        Decision(
-            "foreground",
-            foreground_bias=0.125,
-            tumor_bias=0.125,
-            min_tumor_ml=0.0,
-            min_tumor_probability=0.7,
-            min_island_fraction=0.5,
-            tumor_margin_bias=1.0,
-        ),
-        Decision(
-            "foreground",
-            foreground_bias=0.125,
-            tumor_bias=0.125,
-            min_tumor_ml=0.0,
-            min_tumor_probability=0.7,
-            min_island_fraction=0.5,
-        ),
-        Decision(
-            "foreground",
-            foreground_bias=0.0,
-            tumor_bias=0.0,
-            min_tumor_ml=0.0,
-            min_tumor_probability=0.0,
-            min_island_fraction=0.2,
-            tumor_margin_bias=3.0,
-            tumor_margin_min_ml=5.0,
-        ),
+        Decision("foreground", foreground_bias=0.25, tumor_bias=0.125, min_tumor_ml=0.0, min_tumor_probability=0.7,
+                 min_island_fraction=1.0),
+        Decision("foreground", foreground_bias=0.25, tumor_bias=0.125, min_tumor_ml=0.0, min_tumor_probability=0.7,
+                 min_island_fraction=0.0),
+        Decision("foreground", foreground_bias=0.125, tumor_bias=0.125, min_tumor_ml=0.0, min_tumor_probability=0.7,
+                 min_island_fraction=0.5, tumor_margin_bias=1.0),
+        Decision("foreground", foreground_bias=0.125, tumor_bias=0.125, min_tumor_ml=0.0, min_tumor_probability=0.7,
+                 min_island_fraction=0.5),
+        Decision("foreground", foreground_bias=0.0, tumor_bias=0.0, min_tumor_ml=0.0, min_tumor_probability=0.0,
+                 min_island_fraction=0.2, tumor_margin_bias=3.0, tumor_margin_min_ml=5.0),
     ]
     scores = case_scores(canon, canonical_view(gt)[0].array, rois, decisions)
     assert scores[decisions[6]] != scores[decisions[7]]  # the margin step changes this case's labels
@@ -505,16 +460,8 @@ def test_rough_stage_uses_its_model_files_decision():
     assert np.array_equal(predictor.locate(ct).lowres.array > 0, found["argmax"])
 
 
-RULE = Decision(
-    "foreground",
-    foreground_bias=0.125,
-    tumor_bias=0.25,
-    min_tumor_ml=4.0,
-    min_tumor_probability=0.7,
-    min_island_fraction=0.5,
-    tumor_margin_bias=1.0,
-    tumor_margin_min_ml=50.0,
-)  # every step on
+RULE = Decision("foreground", foreground_bias=0.125, tumor_bias=0.25, min_tumor_ml=4.0, min_tumor_probability=0.7,
+                min_island_fraction=0.5, tumor_margin_bias=1.0, tumor_margin_min_ml=50.0)  # every step on
 
 
 def _rule_files(tmp_path):
@@ -531,24 +478,11 @@ def test_bisc_segment_keep_small_tumors_and_plain_tumor_borders_turn_off_only_th
     base = ["ct.nii.gz", "-o", "out.nii.gz", "--rough-model", rough, "--fine-model", fine, "--backend", "torch"]
     assert load_predictor(build_segment_parser().parse_args(base)).decision == RULE
     kept = load_predictor(build_segment_parser().parse_args(base + ["--keep-small-tumors"]))
-    assert kept.decision == Decision(
-        "foreground",
-        foreground_bias=0.125,
-        tumor_bias=0.25,
-        min_tumor_ml=0.0,
-        min_tumor_probability=0.0,
-        min_island_fraction=0.5,
-        tumor_margin_bias=1.0,
-        tumor_margin_min_ml=50.0,
-    )
+    assert kept.decision == Decision("foreground", foreground_bias=0.125, tumor_bias=0.25, min_tumor_ml=0.0,
+                                     min_tumor_probability=0.0, min_island_fraction=0.5, tumor_margin_bias=1.0,
+                                     tumor_margin_min_ml=50.0)
     plain = load_predictor(build_segment_parser().parse_args(base + ["--plain-tumor-borders"]))
-    assert plain.decision == Decision(
-        "foreground",
-        foreground_bias=0.125,
-        tumor_bias=0.25,
-        min_tumor_ml=4.0,
-        min_tumor_probability=0.7,
-        min_island_fraction=0.5,
-    )
+    assert plain.decision == Decision("foreground", foreground_bias=0.125, tumor_bias=0.25, min_tumor_ml=4.0,
+                                      min_tumor_probability=0.7, min_island_fraction=0.5)
     both = load_predictor(build_segment_parser().parse_args(base + ["--plain-tumor-borders", "--keep-small-tumors"]))
     assert both.decision == Decision("foreground", foreground_bias=0.125, tumor_bias=0.25, min_island_fraction=0.5)

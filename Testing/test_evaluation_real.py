@@ -11,7 +11,7 @@ import pytest
 from BiSCSegmentationLib.evaluation import evaluate_folders, main, summarise
 from BiSCSegmentationLib.roi import KidneyROI, save_rois
 from BiSCSegmentationLib.volume import Volume, read_volume, write_volume
-from conftest import REPO
+from conftest import REPO, needs_shared
 
 SPACING = (1.0, 2.0, 3.0)          # (i, j, k) mm: a voxel is 6 mm^3
 REALCT = REPO.parent / "shared" / "data" / "realct"
@@ -135,8 +135,7 @@ def _benchmark():
     return module
 
 
-@pytest.mark.skipif(not (REALCT / "totalseg_example" / "kidneys.nii.gz").is_file(),
-                    reason=f"shared real CT not found at {REALCT}")
+@needs_shared(REALCT / "totalseg_example" / "kidneys.nii.gz", "the shared real CT's kidney reference")
 def test_realct_benchmark_scores_the_shared_reference_against_itself_perfectly():
     bench = _benchmark()
     case = next(c for c in bench.find_cases([REALCT]) if c.name == "totalseg_example")

@@ -25,6 +25,7 @@ from BiSCSegmentationLib.model_file import ModelFileError, load_model_file
 from BiSCSegmentationLib.outputs import OutputError, OutputSet
 from BiSCSegmentationLib.volume import Volume, atomic_target, read_volume, write_volume
 from test_cli import _args, ct_path, models  # noqa: F401 (fixtures: tiny constant models, a small CT)
+from conftest import needs_shared
 
 
 def _outs(folder: Path):
@@ -371,7 +372,7 @@ REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "realct" / "
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_CT.is_file(), reason=f"shared real CT not found at {REAL_CT}")
+@needs_shared(REAL_CT, "the shared real CT")
 @pytest.mark.parametrize("stage,name,code", [("rough stage", "SIGINT", 130), ("rough stage", "SIGTERM", 143),
                                              ("fine stage", "SIGINT", 130), ("fine stage", "SIGTERM", 143)])
 def test_a_signal_in_each_stage_stops_the_real_command_and_writes_nothing(stage, name, code, tmp_path):

@@ -190,7 +190,7 @@ def test_cli_refuses_to_overwrite(tmp_path, capsys):
 
 
 def test_evaluate_cascade_with_fake_predictor(tmp_path):
-    ec = pytest.importorskip("bisc_training.evaluate_cascade")
+    import bisc_training.evaluate_cascade as ec
 
     class Result:
         def __init__(self, labels):

@@ -7,10 +7,10 @@ from scipy import ndimage as ndi
 
 from BiSCSegmentationLib import phantom
 from BiSCSegmentationLib.volume import kits19_affine_volume, read_volume, to_canonical
+from conftest import needs_shared
 
 KITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "kits19"
-needs_kits = pytest.mark.skipif(not (KITS / "case_00000").is_dir(),
-                                reason=f"real KiTS19 label maps not found at {KITS} (licensed; never in the repo)")
+needs_kits = needs_shared(KITS / "case_00000", "the real KiTS19 label maps")
 SP = (2.0, 2.0, 5.0)        # coarse grid (~200 x 200 x 55 voxels) keeps every test fast
 
 

@@ -14,6 +14,7 @@ from BiSCSegmentationLib.quality import (CRITICAL, WARNING, QualityWarning, chec
                                          merge)
 from BiSCSegmentationLib.roi import KidneyROI
 from BiSCSegmentationLib.volume import Volume, VolumeError
+from conftest import needs_shared
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "realct" / "totalseg_example"
 SP = (3.0, 1.0, 1.0)  # z, y, x mm: 3 uL voxels
@@ -141,7 +142,7 @@ def test_mean_entropy_weights_rois_by_their_voxels_and_merge_keeps_each_warning_
 
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
-@pytest.mark.skipif(not (REAL_CT / "ct.nii.gz").is_file(), reason=f"shared real CT not found at {REAL_CT}")
+@needs_shared(REAL_CT / "ct.nii.gz", "the shared real CT")
 def test_bundled_models_on_the_shared_real_ct_say_the_result_is_implausible(tmp_path, capsys):
     """Validation only: nothing is tuned on this case. Whatever the bundled model labels there today, a result no
     kidney could have must come with a critical warning, in the summary and as exit code 4 under --strict."""

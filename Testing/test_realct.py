@@ -16,6 +16,7 @@ import pytest
 from BiSCSegmentationLib.cli import run_segment_cli
 from BiSCSegmentationLib.evaluation import read_labels, score_labels
 from BiSCSegmentationLib.roi import load_rois
+from conftest import needs_shared
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "realct" / "totalseg_example"
 MODEL = "bisc-realsynth-v11"
@@ -24,8 +25,7 @@ MAX_FALSE_TUMOR_ML = 10.0        # the patient has no tumor (v10: 2742 mL)
 MAX_ROI_SIDE_MM = 180.0          # v10: one 287 mm box
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (REAL_CT / "ct.nii.gz").is_file(),
-                                 reason=f"shared real CT not found at {REAL_CT} (CI has ../shared)")]
+              needs_shared(REAL_CT / "ct.nii.gz", "the shared real CT")]
 
 
 @pytest.fixture(scope="module")

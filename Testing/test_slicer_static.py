@@ -115,8 +115,9 @@ def test_every_widget_and_signal_the_module_uses_exists():
 
 def test_qtimer_signals():
     text = MODULE_PY.read_text()
-    for sig in re.findall(r'Timer\.connect\("([^"]+)"', text):
-        assert sig == "timeout()"
+    signals = re.findall(r'Timer\.connect\("([^"]+)"', text)
+    assert signals, "no QTimer connection found: the pattern no longer matches the module's code"
+    assert set(signals) == {"timeout()"}
 
 
 def _parameter_fields(tree):
@@ -157,7 +158,9 @@ def test_cmake_lists_every_script_and_resource():
     for folder in ("BiSCSegmentationSlicer", "BiSCSegmentationLib"):
         for py in sorted((MODULE_DIR / folder).glob("*.py")):
             assert f"{folder}/{py.name}" in text, f"{folder}/{py.name} is not in the module's CMakeLists.txt"
-    for listed in re.findall(r"^\s+(\S+\.(?:py|png|ui))\s*$", text, re.M):
+    listed_files = re.findall(r"^\s+(\S+\.(?:py|png|ui))\s*$", text, re.M)
+    assert len(listed_files) >= 20, "the pattern for listed files no longer matches CMakeLists.txt"
+    for listed in listed_files:
         path = MODULE_DIR / listed.replace("${MODULE_NAME}", "BiSCSegmentation")
         assert path.is_file(), f"CMakeLists.txt lists {listed}, which does not exist"
 
@@ -169,7 +172,9 @@ def test_extension_metadata():
         assert re.search(rf'set\({key} "[^"]+"\)', text), key
     assert re.search(r'set\(EXTENSION_DEPENDS "PyTorch"\)', text)
     assert "add_subdirectory(BiSCSegmentation)" in text
-    for shot in re.findall(r"Resources/Screenshots/[\w.-]+\.png", text):
+    shots = re.findall(r"Resources/Screenshots/[\w.-]+\.png", text)
+    assert shots, "EXTENSION_SCREENSHOTURLS names no screenshot of Resources/Screenshots"
+    for shot in shots:
         assert (ROOT / shot).is_file(), f"screenshot {shot} is missing"
     icon = MODULE_DIR / "Resources" / "Icons" / "BiSCSegmentation.png"
     assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

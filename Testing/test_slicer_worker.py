@@ -165,24 +165,10 @@ def test_slicer_requests_keep_small_tumors_and_plain_tumor_borders_reach_the_fin
         )
     assert seen == [
         RULE,
-        Decision(
-            "foreground",
-            foreground_bias=0.125,
-            tumor_bias=0.25,
-            min_tumor_ml=0.0,
-            min_tumor_probability=0.0,
-            min_island_fraction=0.5,
-            tumor_margin_bias=1.0,
-            tumor_margin_min_ml=50.0,
-        ),
-        Decision(
-            "foreground",
-            foreground_bias=0.125,
-            tumor_bias=0.25,
-            min_tumor_ml=4.0,
-            min_tumor_probability=0.7,
-            min_island_fraction=0.5,
-        ),
+        Decision("foreground", foreground_bias=0.125, tumor_bias=0.25, min_tumor_ml=0.0, min_tumor_probability=0.0,
+                 min_island_fraction=0.5, tumor_margin_bias=1.0, tumor_margin_min_ml=50.0),
+        Decision("foreground", foreground_bias=0.125, tumor_bias=0.25, min_tumor_ml=4.0, min_tumor_probability=0.7,
+                 min_island_fraction=0.5),
     ]
 
 

@@ -53,7 +53,7 @@ def _mirror_axes(text: str) -> str:
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kits", type=Path, help="KiTS19 folder: case_XXXXX/segmentation.nii.gz (+ imaging.nii.gz)")
     p.add_argument("--synthesize", action="store_true",
-                   help="build phantom CT around each label map (for label-only data such as ../shared)")
+                   help="build phantom CT around each label map (for folders of label maps without CT images)")
     p.add_argument("--max-cases", type=int, default=0, help="use only the first N cases (0: all)")
     p.add_argument("--workers", type=int, default=1, help="processes working on cases in parallel (prepare, evaluate)")
     p.add_argument("--inplane-size", type=int, default=128)
@@ -309,16 +309,10 @@ def cmd_set_decision(args) -> Path:
     the previous rules are kept in the training record."""
     from BiSCSegmentationLib.decision import Decision
     model = load_model_file(args.model)
-    decision = Decision(
-        args.rule,
-        foreground_bias=args.foreground_bias,
-        tumor_bias=args.tumor_bias,
-        min_tumor_ml=args.min_tumor_ml,
-        min_tumor_probability=args.min_tumor_probability,
-        min_island_fraction=args.min_island_fraction,
-        tumor_margin_bias=args.tumor_margin_bias,
-        tumor_margin_min_ml=args.tumor_margin_min_ml,
-    )
+    decision = Decision(args.rule, foreground_bias=args.foreground_bias, tumor_bias=args.tumor_bias,
+                        min_tumor_ml=args.min_tumor_ml, min_tumor_probability=args.min_tumor_probability,
+                        min_island_fraction=args.min_island_fraction, tumor_margin_bias=args.tumor_margin_bias,
+                        tumor_margin_min_ml=args.tumor_margin_min_ml)
     problem = decision.problem(model.stage)
     if problem:
         raise ValueError(problem)

@@ -167,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="tune on the cases named in FILE (one case id per line, # comments) instead of --cases/--n; "
                          "each must be in the split's training cases")
     ap.add_argument("--synthesize", action="store_true",
-                    help="phantom CT around each label map (for label-only data such as ../shared); without it "
+                    help="phantom CT around each label map (for folders of label maps without CT images); without it "
                          "each case's own imaging.nii.gz is read")
     ap.add_argument("--seed-offset", type=int, default=100000,
                     help="--synthesize: phantom seed = case number + this (the training phantoms use + 0)")

@@ -61,7 +61,8 @@ def build_segment_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", default=DEFAULTS.device, choices=("auto", "cpu", "cuda"), help="where to run (default auto)"
     )
-    p.add_argument("--mirror", action="store_true", help="average over 8 mirrorings (better, 8x slower)")
+    p.add_argument("--mirror", action="store_true",
+                   help="test-time mirroring: average over the mirrorings the model was trained with (up to 8x slower)")
     p.add_argument("--keep-small-tumors", action="store_true",
                    help="keep every tumor component (skip the fine model's step that turns separate tumor spots "
                         "that are small or that the network is unsure of into kidney, the largest tumor excepted)")

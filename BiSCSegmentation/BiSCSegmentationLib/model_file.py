@@ -21,7 +21,7 @@ import pickle
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -199,10 +199,6 @@ def registry() -> Dict:
     return json.loads(REGISTRY.read_text())
 
 
-def bundled_model_names() -> List[str]:
-    return sorted(registry()["models"])
-
-
 def bundled_entry(name: Optional[str] = None) -> Tuple[str, Dict]:
     reg = registry()
     name = name or reg["default"]
@@ -271,4 +267,4 @@ def download_model(url: str, sha256: str, cache_dir=None, progress: Optional[Cal
 
 
 __all__ = ["StageModel", "ModelFileError", "save_model_file", "load_model_file", "load_bundled", "download_model",
-           "bundled_model_names", "bundled_entry", "sha256_of"]
+           "bundled_entry", "sha256_of"]

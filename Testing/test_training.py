@@ -345,7 +345,8 @@ def _tiny_models_and_split(folder, cases):
 
 
 def test_window_comparison_scores_the_cascade_with_each_window(kits_like, tmp_path, capsys):
-    from bisc_training.compare_windows import main, pick_cases
+    from bisc_training.compare_windows import main
+    from bisc_training.data import pick_cases
     root, cases, _ = kits_like
     _tiny_models_and_split(tmp_path, cases)
     assert pick_cases({"train": [f"c{n:02d}" for n in range(40)]}, "train", 4) == ["c03", "c13", "c23", "c33"]

@@ -57,6 +57,18 @@ def list_cases(kits_dir) -> List[str]:
     return cases
 
 
+def pick_cases(split: Dict, which: str, n: int) -> List[str]:
+    """The first ``n`` held-out cases, or ``n`` training cases spread evenly over the sorted list (every
+    ``len // n``-th, from the fourth or, for short lists, the last of the first step)."""
+    cases = sorted(split[which])
+    if not n or n >= len(cases):
+        return cases
+    if which == "test":
+        return cases[:n]
+    step = len(cases) // n
+    return cases[min(3, step - 1)::step][:n]
+
+
 def read_labels(path) -> Volume:
     """A KiTS19 label map; some are stored as uint16, so values are checked and cast to uint8."""
     vol = read_volume(path)

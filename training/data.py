@@ -250,7 +250,7 @@ class PatchSampler:
     """
 
     def __init__(self, cache_dir, cases: Sequence[str], stage: str, patch_size: Sequence[int],
-                 fine_spacing=(0.78, 0.78, 3.0), tumor_prob: float = 0.5, jitter_mm: float = 25.0,
+                 fine_spacing=PrepConfig.fine_spacing, tumor_prob: float = 0.5, jitter_mm: float = 25.0,
                  mirror: bool = True, roi_prob: float = 0.0, roi_margin_mm: Sequence[float] = (45.0, 45.0, 15.0),
                  mirror_axes: str = "zyx"):
         self.stage, self.patch = stage, tuple(int(p) for p in patch_size)

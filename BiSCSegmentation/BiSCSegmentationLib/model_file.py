@@ -14,6 +14,7 @@ models are listed in ``models/models.json`` with their SHA-256, which loading ch
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ FORMAT = "bisc-unet-model"
 FORMAT_VERSION = 1
 STAGES = ("rough", "fine")
 LABELS = {"0": "background", "1": "kidney", "2": "tumor"}
+KITS19_INTENSITY = {"clip": [-79.0, 304.0], "mean": 101.0, "std": 76.9}  # nnU-Net's KiTS19 CT statistics
 BUNDLED_DIR = Path(__file__).resolve().parent / "models"
 REGISTRY = BUNDLED_DIR / "models.json"
 
@@ -53,7 +55,7 @@ class StageModel:
     stage: str
     config: SCUNetConfig
     grid: Dict
-    intensity: Dict = field(default_factory=lambda: {"clip": [-79.0, 304.0], "mean": 101.0, "std": 76.9})
+    intensity: Dict = field(default_factory=lambda: copy.deepcopy(KITS19_INTENSITY))
     inference_window: Tuple[int, int, int] = (128, 192, 192)
     training: Dict = field(default_factory=dict)
     decision: Decision = field(default_factory=Decision)

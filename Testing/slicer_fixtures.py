@@ -72,4 +72,4 @@ def ct_node(ctx, case_files):
 
 
 __all__ = ["ctx", "case_files", "ct_node", "check", "in_study", "needs_slicer_core", "HAVE_SLICER_CORE",
-           "MODULE_DIR", "ROOT", "blocked_imports_env"]
+           "MODULE_DIR", "ROOT"]

@@ -23,7 +23,7 @@ from BiSCSegmentationLib import cli, outputs
 from BiSCSegmentationLib.cli import phantom_main, segment_main
 from BiSCSegmentationLib.model_file import ModelFileError, load_model_file
 from BiSCSegmentationLib.outputs import OutputError, OutputSet
-from BiSCSegmentationLib.volume import Volume, atomic_target, read_volume, write_volume
+from BiSCSegmentationLib.volume import Volume, read_volume, write_volume
 from test_cli import _args, ct_path, models  # noqa: F401 (fixtures: tiny constant models, a small CT)
 from conftest import needs_shared
 
@@ -179,10 +179,9 @@ def test_concurrent_writer_output_is_never_replaced(models, ct_path, tmp_path, m
 def test_library_messages_carry_no_api_wording(tmp_path):
     vol = Volume(np.zeros((2, 3, 4), np.uint8))
     path = write_volume(vol, tmp_path / "a.nrrd")
-    for call in (lambda: write_volume(vol, path), lambda: atomic_target(path, False)):
-        with pytest.raises(FileExistsError) as info:
-            call()
-        assert "force=True" not in str(info.value) and "exists" in str(info.value)
+    with pytest.raises(FileExistsError) as info:
+        write_volume(vol, path)
+    assert "force=True" not in str(info.value) and "exists" in str(info.value)
 
 
 # ----------------------------------------------------------------------------------------------- signals

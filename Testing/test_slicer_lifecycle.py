@@ -69,7 +69,7 @@ def test_cancel_ends_the_launcher_and_its_child_within_2s(tmp_path, monkeypatch,
     if not with_psutil:   # Slicer bundles psutil; without it the process group still ends the tree
         monkeypatch.setattr(proctree, "_psutil", lambda: None)
     else:
-        assert proctree._psutil() is not None, "psutil is a pinned dependency (pyproject's slicer extra)"
+        assert proctree._psutil() is not None, "psutil is a dependency (pyproject's slicer extra)"
     job = ProcessJob(make_request("locate", {}), tiny_ct(), python=launcher(tmp_path)).start()
     pids = wait_for_pids(tmp_path)
     jobdir = (tmp_path / "jobdir").read_text()

@@ -173,11 +173,11 @@ def _rois_of(logic, ct_node):
 
 
 def test_farthest_pair_is_exact():
-    from BiSCSegmentationLib.metrics import _max_pairwise
+    from BiSCSegmentationLib.metrics import _farthest_pair
 
     rng = np.random.default_rng(3)
     for n in (2, 3, 50, 700, 1300):
         p = rng.normal(size=(n, 3)) * 40.0 + 900.0
         brute = math.sqrt(max(float(((p[a] - p) ** 2).sum(axis=1).max()) for a in range(n)))
-        assert _max_pairwise(p) == brute
-    assert _max_pairwise(np.zeros((1, 3))) == 0.0
+        assert _farthest_pair(p)[0] == brute
+    assert _farthest_pair(np.zeros((1, 3)))[0] == 0.0

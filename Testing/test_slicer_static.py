@@ -248,7 +248,7 @@ def test_module_and_logic_import_without_torch_or_scipy():
     out = _run(STUBS + textwrap.dedent("""
         import BiSCSegmentation as m
         import BiSCSegmentationSlicer.dependencies as d
-        from BiSCSegmentationSlicer import (dependencies, logic, models, planning, rois, scene, screenshots,
+        from BiSCSegmentationSlicer import (dependencies, logic, models, planning, rois, scene,
                                             segmentation, selftest, terminology, worker)
         assert "torch" not in sys.modules and "scipy" not in sys.modules
         assert d.torch_missing() and [r.import_name for r in d.missing_pip()] == ["scipy"]

@@ -3,7 +3,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -123,14 +123,16 @@ def test_model_file_records_how_it_was_trained(kits_like, tmp_path):
     assert model.fine_spacing == (3.0, 3.0, 4.0)
 
 
-def test_checkpoints_from_before_a_setting_existed_resume_with_its_default(kits_like, tmp_path):
+def test_checkpoints_from_before_a_setting_existed_resume_with_the_value_runs_had_then(kits_like, tmp_path):
     _, cases, cache = kits_like
-    cfg = small_config(cache, tmp_path, cases)
+    cfg = small_config(cache, tmp_path, cases, roi_prob=0.0)   # no ROI-region patches, as before --roi-prob
     train(cfg, stop_after=2)
     ck_path = tmp_path / "fine_checkpoint.pt"
     ck = torch.load(ck_path, weights_only=True)
     del ck["config"]["roi_prob"], ck["config"]["lr_schedule"]  # as written by an older version
     torch.save(ck, ck_path)
+    with pytest.raises(ValueError, match=r"other settings \(roi_prob\)"):   # today's default is not what it ran with
+        train(replace(cfg, roi_prob=TrainConfig("fine", "", "").roi_prob))
     assert load_model_file(train(cfg)).training["iterations_done"] == 6
     # the folder may be moved: out_dir is not a training setting
     moved = tmp_path.parent / (tmp_path.name + "_moved")
@@ -161,6 +163,32 @@ def test_warm_start_begins_from_a_model_files_network_as_trained(kits_like, tmp_
     assert load_model_file(train(more)).training["iterations_done"] == 6
     with pytest.raises(ValueError, match="differs from this run"):
         train(replace(small_config(cache, tmp_path / "d", cases, init_from=str(first.path)), widths=[8, 8, 16, 32]))
+
+
+def test_bisc_train_stage_trains_with_the_training_defaults(tmp_path, monkeypatch):
+    """The option defaults of `bisc-train stage` are TrainConfig's (one source), and they are these."""
+    from bisc_training import cli
+    from bisc_training.train import default_config
+
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["case_00000"], "test": []}))
+    made = {}
+
+    def fake_train(cfg, progress=None):
+        made[cfg.stage] = cfg
+        (tmp_path / "model.pt").write_bytes(b"")
+        return tmp_path / "model.pt"
+
+    monkeypatch.setattr(cli, "train", fake_train)
+    for stage in ("rough", "fine"):
+        assert cli.main(["stage", stage, "--cache", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+        run = asdict(made[stage])
+        assert {k: v for k, v in run.items() if k not in ("cache_dir", "out_dir", "cases", "command")} == \
+            {k: v for k, v in asdict(default_config(stage)).items() if k not in ("cache_dir", "out_dir", "cases", "command")}
+    fine, rough = made["fine"], made["rough"]
+    assert (fine.roi_prob, fine.patch_size, fine.inference_window) == (0.33, [48, 160, 160], [48, 128, 128])
+    assert (rough.roi_prob, rough.patch_size, rough.inference_window) == (0.0, [48, 128, 128], [128, 128, 128])
+    assert (fine.threshold, fine.fine_spacing, fine.rough_grid, fine.lr, fine.calibration_cases) == \
+        (0.1, [0.78, 0.78, 3.0], {"inplane_size": 128, "z_spacing": 3.0}, 1e-4, 24)
 
 
 def test_poly_learning_rate_decays_to_zero():
@@ -347,7 +375,8 @@ def _tiny_models_and_split(folder, cases):
 
 
 def test_window_comparison_scores_the_cascade_with_each_window(kits_like, tmp_path, capsys):
-    from bisc_training.compare_windows import main, pick_cases
+    from bisc_training.compare_windows import main
+    from bisc_training.data import pick_cases
     root, cases, _ = kits_like
     _tiny_models_and_split(tmp_path, cases)
     assert pick_cases({"train": [f"c{n:02d}" for n in range(40)]}, "train", 4) == ["c03", "c13", "c23", "c33"]

@@ -24,8 +24,6 @@ from BiSCSegmentationLib.outputs import OutputSet
 from BiSCSegmentationLib.planning import analyse
 from BiSCSegmentationLib.volume import read_volume
 
-CATEGORIES = ("T1a", "T1b", "T2a", "T2b")
-
 
 def case_row(case_dir: Path, radiographic_cm: float, renal: bool) -> dict:
     t = time.perf_counter()

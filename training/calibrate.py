@@ -59,7 +59,7 @@ def scale_scores(logp: torch.Tensor, labels: np.ndarray, log_prior: Sequence[flo
 
 
 def calibrate_prior_scale(model: StageModel, log_prior: Sequence[float], cache, cases: Sequence[str],
-                          max_cases: int = 24, scales: Sequence[float] = SCALES,
+                          max_cases: int, scales: Sequence[float] = SCALES,
                           progress: Optional[Callable[[int, int], None]] = None) -> Tuple[float, Dict[float, float]]:
     """Best scale and the mean score of every scale, over (at most) ``max_cases`` training cases.
 

@@ -25,13 +25,7 @@ from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha
 from BiSCSegmentationLib.outputs import signals_as_interrupts
 
 from . import data as D
-from .train import TrainConfig, train
-
-# inference_window: the block the network is run on; a cascade ROI larger than it is covered by a Gaussian-
-# blended sliding window. The fine default, between the training patch and a whole ROI, was chosen on
-# training cases (README, "Bundled models").
-STAGE_DEFAULTS = {"rough": {"patch_size": [48, 128, 128], "inference_window": [128, 128, 128]},
-                  "fine": {"patch_size": [48, 160, 160], "inference_window": [48, 128, 128]}}
+from .train import STAGE_DEFAULTS, TrainConfig, default_config, train
 
 
 def _ints(text: str) -> List[int]:
@@ -56,41 +50,44 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                    help="build phantom CT around each label map (for folders of label maps without CT images)")
     p.add_argument("--max-cases", type=int, default=0, help="use only the first N cases (0: all)")
     p.add_argument("--workers", type=int, default=1, help="processes working on cases in parallel (prepare, evaluate)")
-    p.add_argument("--inplane-size", type=int, default=128)
-    p.add_argument("--rough-z-spacing", type=float, default=3.0)
-    p.add_argument("--fine-spacing", type=_floats, default=[0.78, 0.78, 3.0], help="x,y,z mm (paper 0.78,0.78,3)")
+    p.add_argument("--inplane-size", type=int, default=D.PrepConfig.inplane_size)
+    p.add_argument("--rough-z-spacing", type=float, default=D.PrepConfig.rough_z_spacing)
+    p.add_argument("--fine-spacing", type=_floats, default=list(D.PrepConfig.fine_spacing),
+                   help="x,y,z mm (paper 0.78,0.78,3)")
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--widths", type=_ints, default=[16, 32, 64, 128], help="channels per level, e.g. 16,32,64,128")
-    p.add_argument("--norm", choices=["instance", "batch", "none"], default="instance")
-    p.add_argument("--loss", choices=["bce", "ce"], default="bce", help="bce: balanced cross-entropy (Eq. 1)")
-    p.add_argument("--threshold", type=float, default=0.1, help="T of Eq. 1")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--iterations", type=int, default=4000, help="iterations per epoch")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--widths", type=_ints, default=default_config().widths,
+                   help="channels per level, e.g. 16,32,64,128")
+    p.add_argument("--norm", choices=["instance", "batch", "none"], default=default_config().norm)
+    p.add_argument("--loss", choices=["bce", "ce"], default=default_config().loss,
+                   help="bce: balanced cross-entropy (Eq. 1)")
+    p.add_argument("--threshold", type=float, default=default_config().threshold, help="T of Eq. 1")
+    p.add_argument("--epochs", type=int, default=default_config().epochs)
+    p.add_argument("--iterations", type=int, default=default_config().iterations, help="iterations per epoch")
+    p.add_argument("--batch-size", type=int, default=default_config().batch_size)
+    p.add_argument("--lr", type=float, default=default_config().lr)
     p.add_argument("--patch-size", type=_ints, default=None, help="z,y,x voxels")
     p.add_argument("--rough-patch-size", type=_ints, default=None)
     p.add_argument("--fine-patch-size", type=_ints, default=None)
     p.add_argument("--no-mirror", action="store_true", help="no random mirroring")
-    p.add_argument("--mirror-axes", type=_mirror_axes, default="zyx", metavar="AXES",
+    p.add_argument("--mirror-axes", type=_mirror_axes, default=default_config().mirror_axes, metavar="AXES",
                    help="axes mirrored at random (letters of zyx; 'x': left-right only, keeping front/back and "
                         "head/feet as in a real scan); test-time mirroring then uses only these")
-    p.add_argument("--roi-prob", type=float, default=0.33,
+    p.add_argument("--roi-prob", type=float, default=default_config("fine").roi_prob,
                    help="fine stage: share of patches placed anywhere in the ROI region (the rest centred "
                         "on kidney/tumor); teaches what is not kidney near the kidney")
-    p.add_argument("--lr-schedule", choices=["constant", "poly"], default="constant",
+    p.add_argument("--lr-schedule", choices=["constant", "poly"], default=default_config().lr_schedule,
                    help="constant (paper) or poly decay to 0 at the last iteration (nnU-Net)")
     p.add_argument("--no-prior-correction", action="store_true",
                    help="bce: write the network as trained (no log class frequencies added to its label logits)")
-    p.add_argument("--calibration-cases", type=int, default=24,
+    p.add_argument("--calibration-cases", type=int, default=default_config().calibration_cases,
                    help="bce: training cases that tune the prior correction's scale at the end of training")
-    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], default=default_config().amp)
+    p.add_argument("--threads", type=int, default=default_config().threads)
+    p.add_argument("--device", default=default_config().device)
+    p.add_argument("--seed", type=int, default=default_config().seed)
+    p.add_argument("--checkpoint-every", type=int, default=default_config().checkpoint_every)
     p.add_argument("--inference-window", type=_ints, default=None, metavar="Z,Y,X",
                    help="block the written model is run on at inference (default: rough 128,128,128, fine "
                         "48,128,128); change it later with 'bisc-train set-window'")
@@ -112,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--split", type=Path, help="default CACHE/split.json")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--fine-spacing", type=_floats, default=[0.78, 0.78, 3.0])
+    p.add_argument("--fine-spacing", type=_floats, default=list(D.PrepConfig.fine_spacing))
     _add_train(p)
     p = sub.add_parser("evaluate", help="run the cascade on the split's test cases, KiTS19 metric")
     _add_data(p)
@@ -133,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", type=Path, required=True, help="the corrected model file")
     p.add_argument("--scale", default="auto", help="share of the correction, 0..1, or 'auto': the share with the "
                                                    "best mean Dice on training cases (default)")
-    p.add_argument("--calibration-cases", type=int, default=24, help="training cases that tune the scale")
+    p.add_argument("--calibration-cases", type=int, default=default_config().calibration_cases,
+                   help="training cases that tune the scale")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p = sub.add_parser("set-window", help="write a copy of a model file that is run on other blocks at "
                                           "inference (same weights; recorded in the file)")

@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -29,18 +29,7 @@ from BiSCSegmentationLib.metrics import kits19_case_scores
 from BiSCSegmentationLib.phantom import synthesize_ct
 
 from . import data as D
-
-
-def pick_cases(split: Dict, which: str, n: int) -> List[str]:
-    """The first ``n`` held-out cases, or ``n`` training cases spread evenly over the sorted list (every
-    ``len // n``-th, from the fourth or, for short lists, the last of the first step)."""
-    cases = sorted(split[which])
-    if not n or n >= len(cases):
-        return cases
-    if which == "test":
-        return cases[:n]
-    step = len(cases) // n
-    return cases[min(3, step - 1)::step][:n]
+from .data import pick_cases
 
 
 def parse_window(text: str):

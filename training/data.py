@@ -57,6 +57,18 @@ def list_cases(kits_dir) -> List[str]:
     return cases
 
 
+def pick_cases(split: Dict, which: str, n: int) -> List[str]:
+    """The first ``n`` held-out cases, or ``n`` training cases spread evenly over the sorted list (every
+    ``len // n``-th, from the fourth or, for short lists, the last of the first step)."""
+    cases = sorted(split[which])
+    if not n or n >= len(cases):
+        return cases
+    if which == "test":
+        return cases[:n]
+    step = len(cases) // n
+    return cases[min(3, step - 1)::step][:n]
+
+
 def read_labels(path) -> Volume:
     """A KiTS19 label map; some are stored as uint16, so values are checked and cast to uint8."""
     vol = read_volume(path)
@@ -238,7 +250,7 @@ class PatchSampler:
     """
 
     def __init__(self, cache_dir, cases: Sequence[str], stage: str, patch_size: Sequence[int],
-                 fine_spacing=(0.78, 0.78, 3.0), tumor_prob: float = 0.5, jitter_mm: float = 25.0,
+                 fine_spacing=PrepConfig.fine_spacing, tumor_prob: float = 0.5, jitter_mm: float = 25.0,
                  mirror: bool = True, roi_prob: float = 0.0, roi_margin_mm: Sequence[float] = (45.0, 45.0, 15.0),
                  mirror_axes: str = "zyx"):
         self.stage, self.patch = stage, tuple(int(p) for p in patch_size)

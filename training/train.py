@@ -12,7 +12,7 @@ import os
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -21,17 +21,26 @@ import torch
 import torch.distributed as dist
 
 from BiSCSegmentationLib.losses import DEFAULT_THRESHOLD, sc_unet_loss
-from BiSCSegmentationLib.model_file import StageModel, load_plain, save_model_file
+from BiSCSegmentationLib.model_file import KITS19_INTENSITY, StageModel, load_plain, save_model_file
 from BiSCSegmentationLib.outputs import write_file, write_json
 from BiSCSegmentationLib.network import SCUNet, SCUNetConfig
 
-from .data import PatchSampler
+from .data import PatchSampler, PrepConfig
 
-INTENSITY = {"clip": [-79.0, 304.0], "mean": 101.0, "std": 76.9}  # nnU-Net's KiTS19 CT statistics
+# The defaults that depend on the stage (a field left None takes its stage's value). inference_window: the
+# block the network is run on (a larger ROI is covered by a Gaussian-blended sliding window); the fine one,
+# between the training patch and a whole ROI, was chosen on training cases (docs/training.md).
+STAGE_DEFAULTS = {"rough": {"patch_size": [48, 128, 128], "inference_window": [128, 128, 128], "roi_prob": 0.0},
+                  "fine": {"patch_size": [48, 160, 160], "inference_window": [48, 128, 128], "roi_prob": 0.33}}
+# Settings added after the first version, with the value every run had before: a checkpoint without one
+# was made with that value.
+BEFORE_THEY_EXISTED = {"roi_prob": 0.0, "lr_schedule": "constant", "mirror_axes": "zyx", "init_from": ""}
 
 
 @dataclass
 class TrainConfig:
+    """One stage's training settings; the defaults are ``bisc-train stage``'s (its options read them)."""
+
     stage: str                                   # "rough" | "fine"
     cache_dir: str
     out_dir: str
@@ -45,13 +54,14 @@ class TrainConfig:
     iterations: int = 4000                       # per epoch
     batch_size: int = 8                          # per process
     lr: float = 1e-4
-    patch_size: List[int] = field(default_factory=lambda: [48, 128, 128])  # z, y, x
-    fine_spacing: List[float] = field(default_factory=lambda: [0.78, 0.78, 3.0])
-    rough_grid: Dict = field(default_factory=lambda: {"inplane_size": 128, "z_spacing": 3.0})
-    inference_window: List[int] = field(default_factory=lambda: [128, 192, 192])
+    patch_size: Optional[List[int]] = None       # z, y, x (None: STAGE_DEFAULTS)
+    fine_spacing: List[float] = field(default_factory=lambda: list(PrepConfig.fine_spacing))
+    rough_grid: Dict = field(default_factory=lambda: {"inplane_size": PrepConfig.inplane_size,
+                                                      "z_spacing": PrepConfig.rough_z_spacing})
+    inference_window: Optional[List[int]] = None  # z, y, x (None: STAGE_DEFAULTS)
     mirror: bool = True
     mirror_axes: str = "zyx"                     # patch axes mirrored at random when ``mirror`` ("x": left-right only)
-    roi_prob: float = 0.0                        # fine: share of patches placed anywhere in the ROI region
+    roi_prob: Optional[float] = None             # fine: share of patches placed anywhere in the ROI region
     lr_schedule: str = "constant"                # "constant" | "poly" (nnU-Net's (1 - it/total)^0.9)
     prior_correction: bool = True                # bce: add the log class frequencies to the written model
     calibration_cases: int = 24                  # training cases that tune the correction's scale (calibrate.py)
@@ -64,8 +74,20 @@ class TrainConfig:
     init_from: str = ""                          # a model file whose weights start the run (warm start)
     command: str = ""
 
+    def __post_init__(self):
+        if self.stage not in STAGE_DEFAULTS:
+            raise ValueError(f"stage must be 'rough' or 'fine', got {self.stage!r}")
+        for name, value in STAGE_DEFAULTS[self.stage].items():
+            if getattr(self, name) is None:
+                setattr(self, name, copy.copy(value))
+
     def total_iterations(self) -> int:
         return self.epochs * self.iterations
+
+
+def default_config(stage: str = "fine") -> TrainConfig:
+    """A stage's default settings (no data, no output folder)."""
+    return TrainConfig(stage, cache_dir="", out_dir="")
 
 
 def _device(name: str, rank: int) -> torch.device:
@@ -137,7 +159,7 @@ def stage_model(cfg: TrainConfig, net: SCUNet, history: Dict, log_prior: Optiona
     """The model file's content. With ``log_prior`` (Eq. 1 models) the label logits carry ``scale *
     log_prior``, the scale tuned on ``calibration_cases`` training cases (default: the config's)."""
     grid = dict(cfg.rough_grid) if cfg.stage == "rough" else {"spacing": list(cfg.fine_spacing)}
-    model = StageModel(cfg.stage, net.config, grid, dict(INTENSITY), tuple(cfg.inference_window),
+    model = StageModel(cfg.stage, net.config, grid, copy.deepcopy(KITS19_INTENSITY), tuple(cfg.inference_window),
                        training={"command": cfg.command, "loss": cfg.loss, "threshold": cfg.threshold,
                                  "epochs": cfg.epochs, "iterations_per_epoch": cfg.iterations,
                                  "batch_size": cfg.batch_size, "lr": cfg.lr, "patch_size": cfg.patch_size,
@@ -167,7 +189,7 @@ def without_prior(model: StageModel) -> Optional[List[float]]:
 
 
 def apply_prior(model: StageModel, log_prior: Sequence[float], cache, cases: Sequence[str],
-                calibration_cases: int = 24, scale: Optional[float] = None) -> StageModel:
+                calibration_cases: int = TrainConfig.calibration_cases, scale: Optional[float] = None) -> StageModel:
     """Add ``scale * log_prior`` to an uncorrected model's label logits and record both in its training
     dict; ``scale`` None: tuned on the training cases (``calibrate.calibrate_prior_scale``)."""
     from .calibrate import calibrate_prior_scale
@@ -237,8 +259,7 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
         # what may differ on resume: where it runs, and how many epochs (to extend a finished run)
         free = ("command", "device", "threads", "epochs", "checkpoint_every", "log_every", "out_dir",
                 "prior_correction", "calibration_cases")
-        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-        saved = {k: v for k, v in {**defaults, **ck["config"]}.items() if k not in free}  # older files: defaults
+        saved = {k: v for k, v in {**BEFORE_THEY_EXISTED, **ck["config"]}.items() if k not in free}
         mine = {k: v for k, v in asdict(cfg).items() if k not in free}
         if saved != mine:
             diff = sorted(k for k in mine if saved.get(k) != mine[k])
@@ -252,7 +273,7 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
     sampler = PatchSampler(cfg.cache_dir, cfg.cases, cfg.stage, cfg.patch_size, tuple(cfg.fine_spacing),
                            mirror=cfg.mirror, roi_prob=cfg.roi_prob, mirror_axes=cfg.mirror_axes)
     total = cfg.total_iterations()
-    lo, hi = INTENSITY["clip"]
+    lo, hi = KITS19_INTENSITY["clip"]
     log_prior = label_log_prior(sampler, cfg.seed) if cfg.loss == "bce" and cfg.prior_correction else None
 
     def checkpoint(it: int) -> None:
@@ -272,7 +293,7 @@ def train(cfg: TrainConfig, progress: Optional[Callable[[int, int, float], None]
     try:
         while it < total:
             ct, lab, ke, te = sampler.batch(rng, cfg.batch_size)
-            x = torch.from_numpy(ct).float().clamp_(lo, hi).sub_(INTENSITY["mean"]).div_(INTENSITY["std"])
+            x = torch.from_numpy(ct).float().clamp_(lo, hi).sub_(KITS19_INTENSITY["mean"]).div_(KITS19_INTENSITY["std"])
             x = x[:, None].to(device)
             targets = [torch.from_numpy(a).long().to(device) for a in (lab, ke, te)]
             for group in opt.param_groups:

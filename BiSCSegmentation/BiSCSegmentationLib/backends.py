@@ -4,7 +4,7 @@
   mixed precision (autocast, float16) unless ``precision="f32"``; on the CPU in float32 (or bfloat16 autocast
   when asked for).
 * ``openvino``: OpenVINO on the CPU (``pip install "bisc-segmentation[fast]"``). The label branch
-  (``network.LabelOnly(net)``, as :class:`ExportLabelNet`) is converted once per model file with a dynamic spatial shape, saved as OpenVINO IR in
+  (``SCUNet.forward_labels``, as :class:`ExportLabelNet`) is converted once per model file with a dynamic spatial shape, saved as OpenVINO IR in
   the cache (``model_file.default_cache_dir()/openvino``, keyed by the model file's SHA-256 and the OpenVINO
   version, so it is not redone on the next run) and compiled with an explicit precision: ``f32`` unless
   ``bf16`` is asked for (OpenVINO would silently pick bf16 on CPUs that have it).
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-import hashlib
 import os
 import re
 import threading
@@ -148,8 +147,8 @@ class _SplitUp(torch.nn.Module):
 
 
 class ExportLabelNet(torch.nn.Module):
-    """``SCUNet.forward_labels`` as one module for export (what ``network.LabelOnly`` computes), with the
-    up groups' concatenations split away (see :class:`_SplitUp`)."""
+    """``SCUNet.forward_labels`` as one module for export, with the up groups' concatenations split away
+    (see :class:`_SplitUp`)."""
 
     def __init__(self, net: SCUNet):
         super().__init__()
@@ -171,15 +170,6 @@ class ExportLabelNet(torch.nn.Module):
 def model_key(model: StageModel) -> Optional[str]:
     """Identity of a model's weights for the export cache: the model file's SHA-256 (None if not from a file)."""
     return model.sha256 if model.sha256 else None
-
-
-def weights_digest(model: StageModel) -> str:
-    """SHA-256 of an in-memory model's architecture and weights (for models that come from no file)."""
-    h = hashlib.sha256(repr(model.config.to_dict()).encode())
-    for k, v in model.network.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 class OpenVINOBackend:
@@ -349,9 +339,5 @@ def select_backend(spec: Optional[str] = "auto", precision: Optional[str] = None
     return TorchBackend(device, prec)
 
 
-def describe(backend) -> str:
-    return backend.describe()
-
-
 __all__ = ["select_backend", "TorchBackend", "OpenVINOBackend", "ExportLabelNet", "BackendError", "BACKENDS", "BACKEND_CHOICES",
-           "PRECISIONS", "parse_spec", "openvino_version", "describe", "weights_digest"]
+           "PRECISIONS", "parse_spec", "openvino_version"]

@@ -23,7 +23,6 @@ KIDNEY = ("64033007", "Kidney")
 MASS = ("4147007", "Mass")
 ANATOMICAL_STRUCTURE = ("123037004", "Anatomical Structure")
 ALTERED_STRUCTURE = ("49755003", "Morphologically Altered Structure")
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 class DicomError(VolumeError):

@@ -248,16 +248,6 @@ def _farthest_pair(points: np.ndarray, chunk: int = 512) -> Tuple[float, int, in
     return math.sqrt(max(best, 0.0)), pair[0], pair[1]
 
 
-def _max_pairwise(points: np.ndarray, chunk: int = 512) -> float:
-    """Largest distance between two of the points (exact)."""
-    return _farthest_pair(points, chunk)[0]
-
-
-def _hull_points(points: np.ndarray) -> np.ndarray:
-    """Vertices of the convex hull of (N, 3) points, robust to collinear/coplanar/tiny sets (no qhull errors)."""
-    return points[_hull_indices(points)]
-
-
 def _hull_indices(points: np.ndarray) -> np.ndarray:
     """Indices of (N, D) points that include every convex hull vertex (all of them for tiny or degenerate sets)."""
     if len(points) <= 64:

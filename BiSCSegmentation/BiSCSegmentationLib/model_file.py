@@ -14,6 +14,7 @@ models are listed in ``models/models.json`` with their SHA-256, which loading ch
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import pickle
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -35,6 +36,7 @@ FORMAT = "bisc-unet-model"
 FORMAT_VERSION = 1
 STAGES = ("rough", "fine")
 LABELS = {"0": "background", "1": "kidney", "2": "tumor"}
+KITS19_INTENSITY = {"clip": [-79.0, 304.0], "mean": 101.0, "std": 76.9}  # nnU-Net's KiTS19 CT statistics
 BUNDLED_DIR = Path(__file__).resolve().parent / "models"
 REGISTRY = BUNDLED_DIR / "models.json"
 
@@ -54,7 +56,7 @@ class StageModel:
     stage: str
     config: SCUNetConfig
     grid: Dict
-    intensity: Dict = field(default_factory=lambda: {"clip": [-79.0, 304.0], "mean": 101.0, "std": 76.9})
+    intensity: Dict = field(default_factory=lambda: copy.deepcopy(KITS19_INTENSITY))
     inference_window: Tuple[int, int, int] = (128, 192, 192)
     training: Dict = field(default_factory=dict)
     decision: Decision = field(default_factory=Decision)
@@ -200,10 +202,6 @@ def registry() -> Dict:
     return json.loads(REGISTRY.read_text())
 
 
-def bundled_model_names() -> List[str]:
-    return sorted(registry()["models"])
-
-
 def bundled_entry(name: Optional[str] = None) -> Tuple[str, Dict]:
     reg = registry()
     name = name or reg["default"]
@@ -272,4 +270,4 @@ def download_model(url: str, sha256: str, cache_dir=None, progress: Optional[Cal
 
 
 __all__ = ["StageModel", "ModelFileError", "save_model_file", "load_model_file", "load_bundled", "download_model",
-           "bundled_model_names", "bundled_entry", "sha256_of"]
+           "bundled_entry", "sha256_of"]

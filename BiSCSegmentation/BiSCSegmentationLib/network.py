@@ -158,17 +158,3 @@ class SCUNet(nn.Module):
             raise ValueError(f"SC-UNet input must be (N, C, D, H, W) with D, H, W multiples of {div}; "
                              f"got {tuple(x.shape)}")
 
-
-class LabelOnly(nn.Module):
-    """Wraps an SC-UNet so that ``forward`` returns label logits only (for export and inference backends)."""
-
-    def __init__(self, net: SCUNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_labels(x)
-
-
-def count_parameters(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())

@@ -230,7 +230,7 @@ def analyse(labels: Volume, ct: Optional[Volume] = None, min_tumor_ml: float = M
         host = int(comp[sl][mask][0])
         d3, e0, e1 = largest_diameter(mask, canon.spacing, canon.direction)
         ends3 = np.array([e0[::-1], e1[::-1]]) + start                      # (k, j, i) in canonical
-        dax, k_ax, ends_ax = axial_diameter(mask, sp)
+        dax, _, ends_ax = axial_diameter(mask, sp)
         ends_ax = ends_ax + start
         to_lps = lambda kji: np.asarray(kji)[:, ::-1] @ m44[:3, :3].T + m44[:3, 3]  # noqa: E731
         c_lps = to_lps((np.argwhere(mask).mean(axis=0) + start)[None])[0]

@@ -25,7 +25,7 @@ SPACING_RANGE_MM = (0.3, 10.0)     # outside: a wrong header (e.g. 100 mm slices
 MAX_EXTENT_MM = 2500.0             # a whole-body CT is under 2 m long and 0.7 m wide
 THICK_SLICE_MM = 5.0               # KiTS19 slices are 0.5-5 mm: thicker ones were never seen in training
 OBLIQUE_DEGREES = 10.0             # the networks see the scan rotated by this much when it is oblique
-AIR_HU, FAT_HU = -1000.0, -100.0
+AIR_HU = -1000.0
 
 # ---- output limits (per kidney = 26-connected kidney+tumor component of >= 10 mL) ----------------------------
 # Measured on the 168 KiTS19 label maps in ../shared/data/kits19 (333 kidneys; `python -m

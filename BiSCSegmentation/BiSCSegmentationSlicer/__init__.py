@@ -23,5 +23,4 @@ Modules:
     about         the module's help and acknowledgement text
     logic         BiSCLogic: the workflow facade the module widget, the self-test and the tests use
     selftest      the whole workflow on a phantom, checked step by step (Slicer self-test and pytest)
-    screenshots   offscreen VTK rendering of a scene for the README (not used by the module)
 """

@@ -34,7 +34,7 @@ class Requirement:
 
 
 # scipy wheels per Python: 1.13.1 is the last for 3.9 (Slicer 5.0-5.8), 1.15.3 the last for 3.10;
-# 1.17.1 is the version this project is tested with (pyproject.toml).
+# 1.17.1 is the version this project is tested with (constraints.txt).
 PIP_REQUIREMENTS = (
     Requirement("scipy", (((3, 11), "scipy==1.17.1"), ((3, 10), "scipy==1.15.3"), ((3, 9), "scipy==1.13.1"))),
 )

@@ -16,7 +16,6 @@ SAMPLE_NAME = "BiSCPhantomCT"
 NODE_NAME = "BiSC phantom CT"
 SEED = 2
 FILE_NAME = f"BiSCPhantomCT-seed{SEED}.nrrd"
-LABELS_FILE_NAME = f"BiSCPhantomCT-seed{SEED}-labels.nrrd"
 THUMBNAIL = os.path.join("Resources", "Icons", "BiSCPhantomCT.png")
 
 

@@ -18,9 +18,6 @@ from BiSCSegmentationLib.errors import InputError
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
-# Logics the module needs; the application logic must know them (Slicer registers them at startup).
-REQUIRED_LOGICS = ("Segmentations", "Markups", "SubjectHierarchy", "Volumes")
-
 
 class SceneError(InputError, RuntimeError):
     """The scene or a node cannot be used as asked; the message says what to do."""
@@ -150,15 +147,6 @@ def add_volume_node(ctx: SceneContext, volume, name: str, labelmap: bool = False
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.array))
     node.CreateDefaultDisplayNodes()
     return node
-
-
-def same_geometry(a, b, tol: float = 1e-6) -> bool:
-    """Whether two volume nodes share a voxel grid (dimensions and IJK-to-RAS matrix)."""
-    if a is None or b is None or a.GetImageData() is None or b.GetImageData() is None:
-        return False
-    if tuple(a.GetImageData().GetDimensions()) != tuple(b.GetImageData().GetDimensions()):
-        return False
-    return bool(np.allclose(ijk_to_lps(a), ijk_to_lps(b), atol=tol))
 
 
 # ------------------------------------------------------------------------------------------------- files

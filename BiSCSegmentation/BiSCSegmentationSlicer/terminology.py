@@ -71,7 +71,6 @@ SEGMENTS = (SegmentSpec("right_kidney", "Right kidney", "right", KIDNEY_LABEL, 1
             SegmentSpec("left_kidney", "Left kidney", "left", KIDNEY_LABEL, 2),
             SegmentSpec("right_renal_tumor", "Right renal tumor", "right", TUMOR_LABEL, 3),
             SegmentSpec("left_renal_tumor", "Left renal tumor", "left", TUMOR_LABEL, 4))
-SEGMENT_BY_ID = {s.segment_id: s for s in SEGMENTS}
 
 
 def _code(code: Code) -> str:

@@ -1,6 +1,6 @@
-"""Screenshots for the README, drawn offscreen with VTK from a module scene (not used by the module itself).
+"""Screenshots for docs/slicer.md, drawn offscreen with VTK from a module scene (run from the repository root):
 
-    VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow python -m BiSCSegmentationSlicer.screenshots Resources/Screenshots
+    .venv/bin/python docs/tools/slicer_screenshots.py Resources/Screenshots
 
 builds the phantom scene the module works on (the slicer-core test's phantom, at a finer grid), runs the
 module's logic on it and renders what the Slicer views show after each step: slices in radiological
@@ -19,6 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+# the module's MRML layer is not installed with the package: import it from the source tree, as Slicer does
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "BiSCSegmentation"))
 
 PANEL = 420          # pixels per slice panel
 STEP_MM = 1.0        # sampling of the slice images
@@ -65,8 +67,7 @@ def volume_bounds(node) -> np.ndarray:
     return np.array(b).reshape(3, 2)
 
 
-def slice_rgb(ctx, ct_node, view: str, position: float, overlays: Sequence[Tuple[np.ndarray, tuple, float]] = (),
-              seg_nodes: Sequence = ()) -> Tuple[np.ndarray, np.ndarray]:
+def slice_rgb(ctx, ct_node, view: str, position: float, seg_nodes: Sequence = ()) -> Tuple[np.ndarray, np.ndarray]:
     """RGB (H, W, 3) of a CT slice (window 400 / level 40) with segments blended in; and the sample points."""
     bounds = volume_bounds(ct_node)
     pts, shape = plane_points(bounds, view, position)
@@ -266,7 +267,7 @@ def render_3d(seg_node, roi_boxes, path: str, size=(840, 520)) -> str:
 
 # ------------------------------------------------------------------------------------------------ scene
 def roi_boxes_ras(ctx, volume_node):
-    from . import rois
+    from BiSCSegmentationSlicer import rois
     out = []
     for node in rois.roi_nodes(ctx, volume_node):
         b = [0.0] * 6
@@ -282,11 +283,11 @@ def make_screenshots(out_dir: str, models: Optional[Tuple[str, str]] = None, see
     from BiSCSegmentationLib.volume import write_volume
     from scipy import ndimage
 
-    from . import planning, rois, segmentation as segs
-    from .logic import BiSCLogic, Options
-    from .models import ModelChoice
-    from .scene import load_volume, make_scene, volume_from_node
-    from .selftest import oblique
+    from BiSCSegmentationSlicer import planning, segmentation as segs
+    from BiSCSegmentationSlicer.logic import BiSCLogic, Options
+    from BiSCSegmentationSlicer.models import ModelChoice
+    from BiSCSegmentationSlicer.scene import load_volume, make_scene, volume_from_node
+    from BiSCSegmentationSlicer.selftest import oblique
 
     os.makedirs(out_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="bisc-shots-")

@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prep_config(args) -> D.PrepConfig:
-    return D.PrepConfig(args.inplane_size, args.rough_z_spacing, tuple(args.fine_spacing), synthesize=args.synthesize)
+    return D.PrepConfig(inplane_size=args.inplane_size, rough_z_spacing=args.rough_z_spacing,
+                        fine_spacing=tuple(args.fine_spacing), synthesize=args.synthesize)
 
 
 def _cases(args) -> List[str]:
@@ -220,8 +221,8 @@ def cmd_stage(args, stage: str, cache: Path, split: dict, out: Path) -> Path:
                       widths=args.widths, norm=args.norm, loss=args.loss, threshold=args.threshold,
                       epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
                       patch_size=list(patch), fine_spacing=list(args.fine_spacing),
-                      rough_grid={"inplane_size": getattr(args, "inplane_size", 128),
-                                  "z_spacing": getattr(args, "rough_z_spacing", 3.0)},
+                      rough_grid={"inplane_size": getattr(args, "inplane_size", D.PrepConfig.inplane_size),
+                                  "z_spacing": getattr(args, "rough_z_spacing", D.PrepConfig.rough_z_spacing)},
                       inference_window=list(getattr(args, "inference_window", None)
                                             or STAGE_DEFAULTS[stage]["inference_window"]), mirror=not args.no_mirror,
                       mirror_axes=args.mirror_axes,

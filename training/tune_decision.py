@@ -36,7 +36,7 @@ from BiSCSegmentationLib.outputs import write_json
 from BiSCSegmentationLib.volume import Volume
 
 from . import data as D
-from .compare_windows import pick_cases
+from .data import pick_cases
 
 
 def _floats(text: str) -> List[float]:

@@ -233,7 +233,6 @@ class ProcessJob:
         self._seen: List[int] = []       # descendants of the worker seen so far
         self._seen_at = 0.0
         self.survivors: List[int] = []   # PIDs a cancel could not end (empty: confirmed gone)
-        self.cancel_seconds: Optional[float] = None
 
     @property
     def running(self) -> bool:
@@ -320,14 +319,12 @@ class ProcessJob:
         after KILL_TIMEOUT_S (empty: confirmed gone). A finished job is left as it is."""
         if self._final is not None or self.proc is None:
             return []
-        t0 = time.monotonic()
         known = self._seen + proctree.descendants(self.proc.pid)
         self.survivors = proctree.kill_tree(self.proc.pid, self.KILL_TIMEOUT_S, known=known)
         try:
             self.proc.wait(timeout=self.KILL_TIMEOUT_S)
         except subprocess.TimeoutExpired:   # pragma: no cover - reported through survivors
             self.survivors = list(dict.fromkeys(self.survivors + [self.proc.pid]))
-        self.cancel_seconds = time.monotonic() - t0
         self._finish(Status(state="cancelled", error="cancelled", error_kind="cancelled"))
         return self.survivors
 

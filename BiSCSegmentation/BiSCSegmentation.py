@@ -21,7 +21,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from BiSCSegmentationLib.inference_settings import ROI_GROWTH_ON, InferenceSettings
-from BiSCSegmentationSlicer import about, dependencies, models, planning, rois, sampledata, segmentation, settings
+from BiSCSegmentationSlicer import (about, dependencies, export, models, planning, rois, sampledata, segmentation,
+                                    settings)
 from BiSCSegmentationSlicer.logic import BiSCLogic, Options, WorkflowError
 from BiSCSegmentationSlicer.scene import SceneContext
 
@@ -210,6 +211,8 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editSegmentsButton.connect("clicked(bool)", self.onEditSegments)
         self.ui.show3DButton.connect("toggled(bool)", self.onShow3D)
         self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
+        self.ui.exportReportButton.connect("clicked(bool)", self.onExportReport)
+        self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
 
         self.pollTimer = qt.QTimer()
@@ -360,6 +363,8 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.show3DButton.checked = shown
             self.ui.show3DButton.blockSignals(False)
         self.ui.exportCsvButton.enabled = bool(output) and bool(volume)
+        self.ui.exportReportButton.enabled = bool(output) and bool(volume) and not busy
+        self.ui.exportDicomSegButton.enabled = bool(output) and bool(volume) and not busy
 
     # ------------------------------------------------------------------------------------------- ROIs
     def watchRois(self):
@@ -646,6 +651,81 @@ class BiSCSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 settings.save(self._settingsStore, {"lastOutputFolder": os.path.dirname(os.path.abspath(path))})
 
 
+    def _exportTarget(self, title, suffix, fileFilter):
+        """(path, overwrite) from a save dialog, or (None, False). Qt's dialog asks before an existing file is
+        chosen; a name it did not see (the suffix added here) is only replaced after asking."""
+        p = self._parameterNode
+        folder = settings.load(self._settingsStore)["lastOutputFolder"]
+        name = f"{p.outputSegmentation.GetName()}{suffix}"
+        start = os.path.join(folder, name) if folder and os.path.isdir(folder) else name
+        path = qt.QFileDialog.getSaveFileName(None, title, start, fileFilter)
+        if not path:
+            return None, False
+        if path.lower().endswith(suffix):
+            return path, True
+        path += suffix
+        if os.path.exists(path) and not slicer.util.confirmOkCancelDisplay(f"{path} exists. Replace it?", title):
+            return None, False
+        return path, True
+
+    def _ensureExportPackages(self, feature):
+        """The packages an export needs (matplotlib for the report, highdicom for DICOM SEG), after asking."""
+        missing = dependencies.missing_optional(feature)
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                f"This export needs the Python package(s) {', '.join(missing)}. Install them now?", "Install packages"):
+            return False
+        with slicer.util.tryWithErrorDisplay("Could not install the packages.", waitCursor=True):
+            for spec in missing:
+                slicer.util.pip_install(spec)
+        return not dependencies.missing_optional(feature)
+
+    def _export(self, what, call, path):
+        """Run one export with a wait cursor; success and failure in a message box."""
+        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            call()
+        except WorkflowError as exc:
+            qt.QApplication.restoreOverrideCursor()
+            slicer.util.errorDisplay(f"The {what} was not written. {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - shown to the user, details in the console
+            qt.QApplication.restoreOverrideCursor()
+            logging.exception("BiSCSegmentation: %s export failed", what)
+            slicer.util.errorDisplay(f"Could not write the {what}: {exc}. Details are in the Python console.")
+            return
+        qt.QApplication.restoreOverrideCursor()
+        settings.save(self._settingsStore, {"lastOutputFolder": os.path.dirname(os.path.abspath(path))})
+        slicer.util.infoDisplay(f"The {what} was saved to {path}.")
+
+    def onExportReport(self):
+        p = self._parameterNode
+        if not p.outputSegmentation or not p.inputVolume or not self._ensureExportPackages("report"):
+            return
+        path, overwrite = self._exportTarget("Export planning report", ".pdf", "PDF files (*.pdf)")
+        if path:
+            self._export("report", lambda: self.logic.workflow.export_report(
+                p.outputSegmentation, p.inputVolume, path, overwrite=overwrite), path)
+
+    def onExportDicomSeg(self):
+        p = self._parameterNode
+        if not p.outputSegmentation or not p.inputVolume or not self._ensureExportPackages("dicom"):
+            return
+        dicomFolder = None
+        if not self.logic.workflow.dicom_files(p.inputVolume):     # not from the DICOM database: ask for the folder
+            if not slicer.util.confirmOkCancelDisplay(f"{export.NOT_FROM_DICOM}\n\nChoose the DICOM folder of "
+                                                      f"{p.inputVolume.GetName()} now?", "Export DICOM SEG"):
+                return
+            dicomFolder = qt.QFileDialog.getExistingDirectory(None, "DICOM folder of the CT")
+            if not dicomFolder:
+                return
+        path, overwrite = self._exportTarget("Export DICOM SEG", ".dcm", "DICOM files (*.dcm)")
+        if path:
+            self._export("DICOM SEG", lambda: self.logic.workflow.export_dicom_seg(
+                p.outputSegmentation, p.inputVolume, path, dicom_folder=dicomFolder, overwrite=overwrite), path)
+
+
 class BiSCSegmentationTest(ScriptedLoadableModuleTest):
     """The slicer-core workflow test (Testing/test_slicer_workflow.py), inside Slicer, on a phantom sample."""
 
@@ -721,6 +801,7 @@ class BiSCSegmentationTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Show 3D is a toggle")
         p.outputSegmentation = report["output"]
         self.assertTrue(widget.ui.exportCsvButton.enabled and widget.ui.editSegmentsButton.enabled)
+        self.assertTrue(widget.ui.exportReportButton.enabled and widget.ui.exportDicomSegButton.enabled)
         widget.ui.show3DButton.checked = True
         self.assertTrue(report["output"].GetDisplayNode().GetVisibility3D())
         widget.ui.show3DButton.checked = False

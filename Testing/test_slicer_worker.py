@@ -228,6 +228,15 @@ def test_quality_warnings_cross_the_process_and_travel_with_the_segmentation(cas
     logic = BiSCLogic(ctx)
     seg = logic.finish_segment(Run("segment", node, read_volume(case_files["ct"]), job, [roi]), status, mode="new")
     assert [w.code for w in stored_warnings(seg)] == codes
+    # the model the run used travels too (the report and the DICOM SEG name it)
+    import hashlib
+
+    from BiSCSegmentationSlicer.export import recorded_model
+    model = recorded_model(seg)
+    assert model["name"] == "custom files" and not model.get("edited")
+    for stage in ("rough", "fine"):
+        with open(case_files[stage], "rb") as f:
+            assert model[stage]["sha256"] == hashlib.sha256(f.read()).hexdigest()
     text = warnings_text(status.warnings)
     assert "7 mm" in text and text.splitlines()[0].startswith(f"{len(codes)} quality warning")
     critical = QualityWarning("KIDNEY_VOLUME", CRITICAL, "a kidney of 4000 mL")

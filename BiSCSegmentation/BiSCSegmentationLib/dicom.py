@@ -67,7 +67,8 @@ def _require_highdicom():
 
 
 def build_dicom_seg(labels: Volume, folder, model: Optional[Dict] = None, series_number: int = 900):
-    """A highdicom Segmentation of ``labels`` (1 kidney, 2 renal tumor) referencing the series in ``folder``."""
+    """A highdicom Segmentation of ``labels`` (1 kidney, 2 renal tumor) referencing the series in ``folder``
+    (segments marked semi-automatic when ``model["edited"]``: a person changed them after the model)."""
     _require_highdicom()
     import highdicom as hd
     import pydicom
@@ -86,6 +87,9 @@ def build_dicom_seg(labels: Volume, folder, model: Optional[Dict] = None, series
     name = (model or {}).get("name", "BiSC-UNet")
     algo = hd.AlgorithmIdentificationSequence(name=f"BiSC-UNet cascade ({name})"[:64], version=__version__,
                                               family=Code("123109", "DCM", "Artificial Intelligence"))
+    # a segmentation a person edited after the model (the 3D Slicer module's export) is semi-automatic
+    algorithm_type = (hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC if (model or {}).get("edited")
+                      else hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC)
     segments = []
     for number, label, category, prop, region in (
             (1, "Kidney", ANATOMICAL_STRUCTURE, KIDNEY, None),
@@ -94,7 +98,7 @@ def build_dicom_seg(labels: Volume, folder, model: Optional[Dict] = None, series
             segment_number=number, segment_label=label,
             segmented_property_category=Code(category[0], "SCT", category[1]),
             segmented_property_type=Code(prop[0], "SCT", prop[1]),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo,
+            algorithm_type=algorithm_type, algorithm_identification=algo,
             anatomic_regions=[Code(region[0], "SCT", region[1])] if region else None))
     return hd.seg.Segmentation(
         source_images=sources, pixel_array=array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,

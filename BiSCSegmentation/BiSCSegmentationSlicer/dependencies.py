@@ -10,6 +10,7 @@ missing. :func:`ensure` asks once for everything, reports progress step by step,
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -38,6 +39,17 @@ class Requirement:
 PIP_REQUIREMENTS = (
     Requirement("scipy", (((3, 11), "scipy==1.17.1"), ((3, 10), "scipy==1.15.3"), ((3, 9), "scipy==1.13.1"))),
 )
+
+
+# what only the exports need (pyproject.toml's "report" and "dicom" extras), installed on first export
+OPTIONAL_REQUIREMENTS = {"report": (("matplotlib", "matplotlib>=3.7,<4"),),
+                         "dicom": (("highdicom", "highdicom>=0.23,<1"),)}
+
+
+def missing_optional(feature: str) -> List[str]:
+    """pip requirements of ``feature`` ("report" or "dicom") that are not installed."""
+    importlib.invalidate_caches()      # a package installed a moment ago is found
+    return [spec for name, spec in OPTIONAL_REQUIREMENTS[feature] if not installed(name)]
 
 
 def installed(import_name: str) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 from BiSCSegmentationLib.errors import USER_KINDS, InputError
 from BiSCSegmentationLib.inference_settings import InferenceSettings
 
-from . import planning, rois as roi_nodes, segmentation as segs
+from . import export, planning, rois as roi_nodes, segmentation as segs
 from .models import ModelChoice
 from .scene import SceneContext, SceneError, volume_from_node
 from .worker import ProcessJob, Status, ThreadJob, make_request
@@ -254,6 +254,8 @@ class BiSCLogic:
         roi_nodes.show_grown(self.ctx, run.volume_node, run.rois, used)
         node = self.apply_labels(run.volume_node, result["labels"], used, mode=mode, ct=run.ct)
         node.SetAttribute(WARNINGS_ATTRIBUTE, json.dumps(result.get("warnings", [])))
+        if result.get("model"):       # name and checksums, for the report and the DICOM SEG
+            node.SetAttribute(export.MODEL_ATTRIBUTE, json.dumps(result["model"]))
         return node
 
     def apply_labels(self, volume_node, labels: np.ndarray, rois: List, mode: str = "ask", ct=None):
@@ -300,6 +302,24 @@ class BiSCLogic:
 
     def export_csv(self, seg_node, volume_node, path) -> str:
         return planning.write_csv(self.planning_rows(seg_node, volume_node), path)
+
+    def export_report(self, seg_node, volume_node, path, overwrite: bool = False, dicom_folder=None) -> str:
+        """The PDF planning report (the command line's) of the segmentation as it is now, with the run's
+        quality warnings and model; identified from DICOM when the CT came from DICOM. An existing file is
+        only replaced with ``overwrite``; a failure leaves no file. Raises WorkflowError (plain message)."""
+        return export.write_report(self.ctx, seg_node, volume_node, path, overwrite=overwrite,
+                                   dicom_folder=dicom_folder, find_files=self.dicom_files,
+                                   min_tumor_ml=self.min_lesion_ml)
+
+    def export_dicom_seg(self, seg_node, volume_node, path, dicom_folder=None, overwrite: bool = False) -> str:
+        """A DICOM SEG of the segmentation as it is now, referencing the CT's source series: the files Slicer's
+        DICOM database holds for it, else ``dicom_folder``; else a WorkflowError saying what to do."""
+        return export.write_dicom_seg(self.ctx, seg_node, volume_node, path, dicom_folder=dicom_folder,
+                                      overwrite=overwrite, find_files=self.dicom_files)
+
+    def dicom_files(self, volume_node):
+        """The CT's DICOM files (export.database_files; tests replace it: slicer-core has no DICOM database)."""
+        return export.database_files(volume_node)
 
     def close(self) -> None:
         """Cancel active runs and stop observing (module reload, application exit)."""

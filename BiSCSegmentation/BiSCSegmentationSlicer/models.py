@@ -121,3 +121,13 @@ def load_models(choice: ModelChoice, progress: Optional[Callable[[str, float], N
     fine_file = download_model(choice.fine_url, choice.fine_sha256, cache_dir=cache, progress=report)
     return (load_model_file(rough_file, expected_sha256=choice.rough_sha256, stage="rough"),
             load_model_file(fine_file, expected_sha256=choice.fine_sha256, stage="fine"))
+
+
+def model_info(choice, rough, fine) -> dict:
+    """The model a run used, as the command line's reports record it: name, and each stage's file and SHA-256."""
+    name = {"bundled": choice.name, "files": "custom files", "url": "downloaded model"}.get(choice.kind, choice.kind)
+    if choice.kind == "bundled" and not name:
+        name = default_bundled() or "bundled model"
+    return {"name": name, **{stage: {"file": str(m.path) if getattr(m, "path", None) else None,
+                                     "sha256": getattr(m, "sha256", None)}
+                             for stage, m in (("rough", rough), ("fine", fine))}}

@@ -122,10 +122,11 @@ def _compute_on(settings, request: dict, ct, progress, cancel) -> dict:
     from BiSCSegmentationLib.cascade import CascadePredictor
     from BiSCSegmentationLib.roi import KidneyROI
 
-    from .models import ModelChoice, load_models
+    from .models import ModelChoice, load_models, model_info
 
     progress("loading models", 0.0)
-    rough, fine = load_models(ModelChoice.from_dict(request["model"]), progress)
+    choice = ModelChoice.from_dict(request["model"])
+    rough, fine = load_models(choice, progress)
     predictor = CascadePredictor(rough, fine, settings, progress=progress, cancel=cancel)
     if request["task"] == "locate":
         rough_result = predictor.locate(ct)
@@ -139,6 +140,7 @@ def _compute_on(settings, request: dict, ct, progress, cancel) -> dict:
     result["backend"] = predictor.backend_name
     result["seconds"] = round(sum(predictor.timings.values()), 2)
     result["warnings"] = [w.to_dict() for w in predictor.warnings]  # what the user must be told to check
+    result["model"] = model_info(choice, rough, fine)                # recorded on the output (reports, DICOM SEG)
     return result
 
 
@@ -284,7 +286,7 @@ class ProcessJob:
             if "rois" in meta:
                 from BiSCSegmentationLib.roi import KidneyROI
                 result["rois"] = [KidneyROI(r["center"], r["size"], r["side"]) for r in meta["rois"]]
-            result.update({k: meta[k] for k in ("backend", "seconds", "warnings", "notes") if k in meta})
+            result.update({k: meta[k] for k in ("backend", "seconds", "warnings", "notes", "model") if k in meta})
             return Status(state="done", stage=meta.get("stage", ""), fraction=1.0, result=result)
         tail = self.log_tail()
         return Status(
@@ -385,7 +387,7 @@ def main(argv=None) -> int:
     arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
     np.savez_compressed(os.path.join(jobdir, "result.npz"), **arrays)
     meta = {"stage": request["task"], "backend": result.get("backend", ""), "seconds": result.get("seconds"),
-            "warnings": result.get("warnings", []), "notes": result.get("notes", [])}
+            "warnings": result.get("warnings", []), "notes": result.get("notes", []), "model": result.get("model")}
     if "rois" in result:
         meta["rois"] = [r.to_dict() for r in result["rois"]]
     _write_json(os.path.join(jobdir, "result.json"), meta)

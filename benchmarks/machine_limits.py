@@ -194,9 +194,9 @@ def machine_info(threads: int) -> Dict[str, object]:
 
 
 # -------------------------------------------------------------------------------------------------- FLOPs
-def flops_per_voxel(net: SCUNet) -> float:
-    """Convolution FLOPs (2 per multiply-add) of ``forward_labels`` per input voxel (exact for any input whose
-    sizes are multiples of the divisor: every layer's size scales with the input)."""
+def conv_flops(net: torch.nn.Module, x: torch.Tensor, forward=None) -> float:
+    """Convolution FLOPs (2 per multiply-add) of one forward pass of ``net`` (or ``forward(x)``) on ``x``:
+    3D convolutions and transposed convolutions, counted with forward hooks; the rest is not counted."""
     total = [0.0]
 
     def conv_hook(mod, inp, out):
@@ -208,11 +208,18 @@ def flops_per_voxel(net: SCUNet) -> float:
 
     hooks = [m.register_forward_hook(conv_hook) for m in net.modules()
              if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
-    d = 2 * net.config.divisor
     try:
         with torch.no_grad():
-            net.forward_labels(torch.zeros(1, net.config.in_channels, d, d, d))
+            (forward or net)(x)
     finally:
         for h in hooks:
             h.remove()
-    return total[0] / d ** 3
+    return total[0]
+
+
+def flops_per_voxel(net: SCUNet) -> float:
+    """Convolution FLOPs (2 per multiply-add) of ``forward_labels`` per input voxel (exact for any input whose
+    sizes are multiples of the divisor: every layer's size scales with the input)."""
+    d = 2 * net.config.divisor
+    return conv_flops(net, torch.zeros(1, net.config.in_channels, d, d, d), net.forward_labels) / d ** 3
+

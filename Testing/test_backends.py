@@ -199,7 +199,15 @@ def test_select_backend_and_fallback(monkeypatch):
     if B.openvino_version() is None:
         assert isinstance(auto, B.TorchBackend)
     else:
-        assert isinstance(auto, B.OpenVINOBackend) and auto.precision == "f32"
+        # bf16 exactly where the CPU computes it natively; f32 on request anyway
+        native = "BF16" in auto._capabilities(strict=True)
+        assert isinstance(auto, B.OpenVINOBackend) and auto.precision == ("bf16" if native else "f32")
+        assert B.select_backend("openvino-f32", device="cpu").precision == "f32"
+        monkeypatch.setattr(B.OpenVINOBackend, "_capabilities", lambda self, strict=False: [] if strict else ["BF16"])
+        assert B.select_backend("auto", device="cpu").precision == "f32"  # unknown: never bf16 by itself
+        assert B.select_backend("openvino-bf16", device="cpu").precision == "bf16"  # asked for: trusted
+        monkeypatch.setattr(B.OpenVINOBackend, "_capabilities", lambda self, strict=False: ["FP32", "BF16"])
+        assert B.select_backend("auto", device="cpu").precision == "bf16"
     monkeypatch.setattr(B, "openvino_version", lambda: None)
     assert isinstance(B.select_backend("auto", device="cpu"), B.TorchBackend)
     with pytest.raises(B.BackendError, match="not installed"):

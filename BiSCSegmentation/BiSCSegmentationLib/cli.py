@@ -83,7 +83,9 @@ def build_segment_parser() -> argparse.ArgumentParser:
         "--backend",
         default=DEFAULTS.backend,
         choices=BACKEND_CHOICES,
-        help="what runs the networks: auto = OpenVINO on the CPU when installed, else PyTorch (default)",
+        help="what runs the networks: auto = OpenVINO on the CPU when installed, else PyTorch (default); "
+        "OpenVINO computes in bfloat16 on CPUs with bfloat16 instructions (AVX512-BF16, AMX), else in float32; "
+        "openvino-f32 / openvino-bf16 choose the precision",
     )
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")

@@ -17,7 +17,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 BACKEND_NAMES = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "f32", "bf16", "f16")
 # what the command line and the Slicer module offer: a backend, optionally with a precision
-BACKEND_CHOICES = ("auto", "torch", "openvino", "openvino-bf16", "torch-bf16")
+BACKEND_CHOICES = ("auto", "torch", "openvino", "openvino-f32", "openvino-bf16", "torch-bf16")
 ROI_GROWTH_ON = 2  # rounds of ROI growth when a user interface offers growth as a plain on/off switch
 
 

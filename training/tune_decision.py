@@ -31,7 +31,7 @@ from BiSCSegmentationLib.cascade import CascadePredictor, NoKidneyFound, canonic
 from BiSCSegmentationLib.decision import (ISLAND_FRACTION, Decision, apply_case_steps, labels_from_differences,
                                          margin_candidates, probability_to_uint8, tumor_probability)
 from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of
-from BiSCSegmentationLib.outputs import write_json
+from BiSCSegmentationLib.outputs import replace_file, write_json
 from BiSCSegmentationLib.volume import Volume
 
 from . import data as D
@@ -285,9 +285,7 @@ def write_models(folder: Path, rough, fine, best, cases, seed_offset, table, for
               "scores": table}
     for model, decision, name in ((rough, best[0], "rough.pt"), (fine, best[1], "fine.pt")):
         if decision == model.decision and name == "rough.pt":
-            tmp = folder / (name + ".part")
-            shutil.copyfile(model.path, tmp)
-            tmp.replace(folder / name)
+            replace_file(folder / name, lambda tmp: shutil.copyfile(model.path, tmp))
         else:
             model.training = {**model.training, "decision_tuning": {
                 "from_sha256": model.sha256, "previous": model.decision.to_dict(), **record}}

@@ -27,7 +27,7 @@ import torch
 
 from .decision import Decision
 from .network import SCUNet, SCUNetConfig
-from .outputs import write_file
+from .outputs import replace_file, write_file
 from .volume import unreadable
 
 FORMAT = "bisc-unet-model"
@@ -245,8 +245,8 @@ def download_model(url: str, sha256: str, cache_dir=None, progress: Optional[Cal
     target = cache / f"{sha256[:12]}-{name}"
     if target.is_file() and sha256_of(target) == sha256.lower():
         return target
-    tmp = target.with_name(target.name + ".part")
-    try:
+
+    def fetch(tmp: Path) -> None:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0)
             done = 0
@@ -258,15 +258,15 @@ def download_model(url: str, sha256: str, cache_dir=None, progress: Optional[Cal
                 done += len(chunk)
                 if progress:
                     progress(done, total)
+        got = sha256_of(tmp)
+        if got != sha256.lower():
+            raise ModelFileError(f"download of {url} has SHA-256 {got[:16]}..., expected {sha256[:16]}...; not used")
+
+    try:
+        replace_file(target, fetch)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ModelFileError(f"cannot download {url} ({exc}); check the address or the network, or browse to "
                              f"a local model file instead") from exc
-    got = sha256_of(tmp)
-    if got != sha256.lower():
-        tmp.unlink(missing_ok=True)
-        raise ModelFileError(f"download of {url} has SHA-256 {got[:16]}..., expected {sha256[:16]}...; not used")
-    os.replace(tmp, target)
     return target
 
 

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .outputs import OutputSet, check_target, make_readable_like_new_file, temp_sibling  # noqa: F401 (re-export)
+from .outputs import OutputSet
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -268,14 +268,6 @@ def read_volume(path: PathLike) -> Volume:
     return from_sitk(image)
 
 
-def atomic_target(path: Path, force: bool) -> Path:
-    """Check that ``path`` may be written; returns a temporary sibling with the same suffix to write first.
-    (Prefer :class:`outputs.OutputSet`, which also flushes, checks and cleans up.)"""
-    path = check_target(path, force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return temp_sibling(path)
-
-
 def write_volume(volume: Volume, path: PathLike, force: bool = False, compress: bool = True) -> Path:
     """Write atomically and read back (see :mod:`outputs`); refuses to overwrite unless ``force``."""
     path = Path(path)
@@ -301,5 +293,5 @@ def kits19_affine_volume(array: np.ndarray, spacing_zyx: Sequence[float]) -> Vol
 
 
 __all__ = ["Volume", "VolumeError", "Reorientation", "canonical_reorientation", "to_canonical",
-           "from_canonical", "read_volume", "unreadable", "write_volume", "from_sitk", "to_sitk", "atomic_target",
+           "from_canonical", "read_volume", "unreadable", "write_volume", "from_sitk", "to_sitk",
            "kits19_affine_volume", "READABLE_SUFFIXES"]

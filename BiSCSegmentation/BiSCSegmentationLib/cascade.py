@@ -394,15 +394,9 @@ def small_components(labels: np.ndarray, min_fraction: float = ISLAND_FRACTION) 
     neighbouring organ). The ROI is centred on one kidney, so its kidney is the dominant structure; the
     paper's connected-component step (Sec. 2.2) applied to the fine output. The fraction is the fine model's
     ``Decision.min_island_fraction``."""
-    from scipy import ndimage
+    from .metrics import components_in_box
 
-    fg = labels > 0
-    box = ndimage.find_objects(fg.view(np.uint8))
-    if not box:
-        return None
-    # components are labelled inside the foreground's bounding box only: the kidney fills a fraction of
-    # its ROI, and labelling is the costliest step here
-    comp, n = ndimage.label(fg[box[0]], structure=np.ones((3, 3, 3), bool))
+    box, comp, n = components_in_box(labels > 0)
     if n <= 1:
         return None
     sizes = np.bincount(comp.ravel())
@@ -412,7 +406,7 @@ def small_components(labels: np.ndarray, min_fraction: float = ISLAND_FRACTION) 
     if not drop.any():
         return None
     out = np.zeros(labels.shape, dtype=bool)
-    out[box[0]] = drop[comp]
+    out[box] = drop[comp]
     return out
 
 

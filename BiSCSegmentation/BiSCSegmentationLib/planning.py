@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import __version__
-from .metrics import _FULL, _bbox, _farthest_pair, _hull_indices, largest_diameter
+from .metrics import _FULL, _bbox, _farthest_pair, _hull_indices, components_in_box, largest_diameter
 from .nephrometry import KidneyBox, renal_score, size_category
 from .quality import MIN_KIDNEY_ML, QualityWarning, WARNING
 from .volume import Volume, VolumeError, to_canonical
@@ -173,12 +173,11 @@ def analyse(labels: Volume, ct: Optional[Volume] = None, min_tumor_ml: float = M
     sp = np.asarray(canon.spacing[::-1], dtype=np.float64)          # (k, j, i)
     voxel_ml = canon.voxel_volume_ml
     m44 = canon.index_to_physical_matrix()
-    outer = _bbox(a > 0)
+    outer, comp, _ = components_in_box(a > 0)
     if outer is None:
         plan.warnings.append(QualityWarning("PLAN_NO_KIDNEY", WARNING, "the label map holds no kidney or tumor"))
         return plan
     off = np.array([s.start for s in outer])
-    comp, _ = ndimage.label(a[outer] > 0, structure=_FULL)
     objects = ndimage.find_objects(comp)
     counts = np.bincount(comp.ravel())
     kidney_ids = [n for n in range(1, len(counts)) if counts[n] * voxel_ml >= MIN_KIDNEY_ML]

@@ -14,7 +14,7 @@ import torch
 
 from BiSCSegmentationLib import backends as B
 from BiSCSegmentationLib.cascade import (CascadePredictor, canonical_view, fine_grid, label_argmax,
-                                         nearest_to_stored, resample_view, sliding_window)
+                                         nearest_to_stored, sliding_window)
 from BiSCSegmentationLib.model_file import StageModel, load_model_file, save_model_file
 from BiSCSegmentationLib.network import SCUNetConfig
 from BiSCSegmentationLib.resample import AxisMap, resample_linear, resample_nearest
@@ -128,7 +128,7 @@ def test_openvino_cascade_same_labels_as_torch_on_phantom(models, phantom_ct, tm
     canon, _ = canonical_view(ct)
     for roi in rois:
         grid, _ = fine_grid(canon, roi, fine)
-        image = CascadePredictor._normalise(resample_view(canon.array, grid, fill=-1024.0), fine)
+        image = CascadePredictor._normalise(resample_linear(canon.array, grid, fill=-1024.0), fine)
         probs = [sliding_window(fine, image, torch.device("cpu"), False, lambda f: None, runner=p._runner(fine))
                  for p in (ref_p, ov_p)]
         logits = [torch.log(q.clamp_min(1e-30)) for q in probs]  # log-softmax: same margins as the logits
@@ -228,25 +228,6 @@ def test_canonical_view_matches_to_canonical(name):
     maps[0] = AxisMap(maps[0].n_out, -2.0, 1.0)  # partly outside: filled with 0 like resample_nearest
     expected = from_canonical(resample_nearest(low, maps), v, r1).array
     assert np.array_equal(nearest_to_stored(low, maps, r1), expected)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_resample_view_matches_resample_linear(seed):
-    rng = np.random.default_rng(seed)
-    a = rng.normal(size=(30, 41, 37)).astype(np.float32) * 100
-    view = a[::-1, :, ::-1]  # negative strides, as a reoriented CT
-    maps = [AxisMap(int(rng.integers(5, 40)), float(rng.uniform(-3, 5)), float(rng.uniform(0.3, 3.5)))
-            for _ in range(3)]
-    if seed == 0:
-        maps[1] = AxisMap(20, 4.0, 1.0)  # an exact-copy axis
-    ref = resample_linear(np.ascontiguousarray(view), maps, fill=-1024.0)
-    got = resample_view(view, maps, fill=-1024.0, chunk_voxels=500)  # many z slabs
-    assert got.shape == ref.shape
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)
-    probs = torch.softmax(torch.from_numpy(rng.normal(size=(3, 12, 14, 16)).astype(np.float32)), 0)
-    back = [AxisMap(30, -0.3, 0.37), AxisMap(14, 0.0, 1.0), AxisMap(50, 0.1, 0.3)]
-    torch.testing.assert_close(resample_view(probs, back, fill=None),
-                               resample_linear(probs, back, fill=None), rtol=1e-5, atol=1e-6)
 
 
 def test_label_argmax_matches_torch_including_ties():

@@ -197,15 +197,14 @@ def test_two_channel_labels_match_the_argmax_of_three_probabilities():
 
 
 def test_resampling_a_backwards_view_equals_resampling_its_copy():
-    from BiSCSegmentationLib.cascade import resample_view
-    from BiSCSegmentationLib.resample import AxisMap, covering_map
+    from BiSCSegmentationLib.resample import AxisMap, covering_map, resample_linear
     a = np.random.default_rng(0).integers(-1000, 1000, (20, 40, 36)).astype(np.int16)
     view = a[:, ::-1, ::-1]   # how a canonical view of a NIfTI-ordered CT runs
     for maps in ([covering_map(20, 7), covering_map(40, 16), covering_map(36, 9)],
                  [AxisMap(10, 3.0, 1.0), AxisMap(30, 2.0, 1.0), covering_map(36, 12)],  # copies and a shrink
                  [AxisMap(8, -2.0, 2.5), AxisMap(16, 5.5, 1.7), AxisMap(20, -3.0, 2.0)]):  # partly outside
-        ref = resample_view(np.ascontiguousarray(view), maps, fill=-1024.0)
-        assert torch.allclose(resample_view(view, maps, fill=-1024.0), ref, atol=1e-3)
+        ref = resample_linear(np.ascontiguousarray(view), maps, fill=-1024.0)
+        assert torch.allclose(resample_linear(view, maps, fill=-1024.0), ref, atol=1e-3)
 
 
 def test_roi_json_round_trip_and_errors(tmp_path):

@@ -10,7 +10,7 @@ from BiSCSegmentationLib.cascade import CascadePredictor, label_argmax
 from BiSCSegmentationLib.decision import (ARGMAX, Decision, labels_from_differences, relabel_tumor_components,
                                          tumor_probability)
 from BiSCSegmentationLib.model_file import ModelFileError, load_model_file, save_model_file
-from BiSCSegmentationLib.resample import AxisMap, resample_view
+from BiSCSegmentationLib.resample import AxisMap, resample_linear
 from BiSCSegmentationLib.roi import KidneyROI, rois_from_mask
 from BiSCSegmentationLib.volume import Volume, kits19_affine_volume
 from conftest import tiny_stage_models
@@ -41,8 +41,8 @@ def test_foreground_rule_from_two_restored_differences_equals_the_rule_on_three_
     p = _probs(seed=1)
     # restored through a real resampling onto a finer, shifted grid (what the cascade does per ROI)
     back = [AxisMap(11, 0.3, 0.45), AxisMap(17, 0.1, 0.5), AxisMap(13, 0.0, 0.7)]
-    p3 = resample_view(p, back, fill=None)
-    got = labels_from_differences(resample_view(p[1:] - p[:1], back, fill=None), Decision("foreground", bf, bt))
+    p3 = resample_linear(p, back, fill=None)
+    got = labels_from_differences(resample_linear(p[1:] - p[:1], back, fill=None), Decision("foreground", bf, bt))
     want = _foreground_rule(p3, bf, bt)
     # away from exact ties the two computations must agree voxel for voxel
     margin = torch.minimum(((p3[1] + p3[2]) * math.exp(bf) - p3[0]).abs(), (p3[2] * math.exp(bt) - p3[1]).abs())

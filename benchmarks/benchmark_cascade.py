@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from BiSCSegmentationLib import backends as B
-from BiSCSegmentationLib.cascade import CascadePredictor, canonical_view, resample_view, label_argmax, sliding_window
+from BiSCSegmentationLib.cascade import CascadePredictor, canonical_view, label_argmax, sliding_window
+from BiSCSegmentationLib.resample import resample_linear
 from BiSCSegmentationLib.metrics import kits19_case_scores, dice
 from BiSCSegmentationLib.model_file import (StageModel, default_cache_dir, load_bundled, load_model_file,
                                             save_model_file)
@@ -226,7 +227,7 @@ def baseline(mset: Dict, spec: str, ct: Volume, gt: Volume) -> Dict:
     sp = fine.fine_spacing
     maps = [spacing_map(n, s_in, s_out) for n, s_in, s_out in
             zip(canon.array.shape, canon.spacing[::-1], sp[::-1])]
-    image = CascadePredictor._normalise(resample_view(canon.array, maps, fill=-1024.0), fine)
+    image = CascadePredictor._normalise(resample_linear(canon.array, maps, fill=-1024.0), fine)
     probs = sliding_window(fine, image, torch.device("cpu"), False, lambda f: None, runner=runner)
     del image
     back = [m.inverse(n) for m, n in zip(maps, canon.array.shape)]
@@ -236,7 +237,7 @@ def baseline(mset: Dict, spec: str, ct: Volume, gt: Volume) -> Dict:
     for z0 in range(0, canon.array.shape[0], step):
         z1 = min(z0 + step, canon.array.shape[0])
         bz = AxisMap(z1 - z0, back[0].start + z0 * back[0].step, back[0].step)
-        view[z0:z1] = label_argmax(resample_view(probs, [bz, back[1], back[2]], fill=None))
+        view[z0:z1] = label_argmax(resample_linear(probs, [bz, back[1], back[2]], fill=None))
     total = time.perf_counter() - t
     net = sum(c[2] for c in rec.calls)
     voxels = sum(float(np.prod(c[1])) for c in rec.calls)

@@ -26,8 +26,7 @@ from .decision import ISLAND_FRACTION, Decision, apply_case_steps, case_step_map
 from .limits import allocation_guard, check_fine_stage, check_rough_stage
 from .model_file import StageModel, load_bundled, load_model_file
 from .quality import QualityWarning, check_input, check_result, merge, roi_warnings
-from .resample import (AxisMap, covering_map, nearest_to_stored, resample_linear, resample_view,
-                       spacing_map)
+from .resample import AxisMap, covering_map, nearest_to_stored, resample_linear, spacing_map
 from .roi import (MAX_ROI_SIDE_MM, KidneyROI, check_roi, distinct_rois, grow_roi, roi_index_bounds, rois_from_mask,
                   touched_faces)
 from .volume import Reorientation, Volume, canonical_reorientation
@@ -209,7 +208,7 @@ class CascadePredictor:
         nz, ny, nx = canon.array.shape
         maps = rough_grid(canon, int(g["inplane_size"]), float(g["z_spacing"]))
         check_rough_stage(canon, [m.n_out for m in maps], self.rough_model)
-        image = resample_view(canon.array, maps, fill=AIR_HU)
+        image = resample_linear(canon.array, maps, fill=AIR_HU)
         image = self._normalise(image, self.rough_model)
         probs = self._probabilities(self.rough_model, image, "rough", (0.0, 0.9))
         release = getattr(self._runner(self.rough_model), "release", None)
@@ -316,7 +315,7 @@ class CascadePredictor:
         """The fine network's (p1 - p0, p2 - p0) for one ROI, restored onto the canonical CT's voxels it covers:
         (slices of canon.array, tensor (2, ...)). Everything a decision rule needs (decision.py)."""
         grid, box = fine_grid(canon, roi, self.fine_model)
-        image = resample_view(canon.array, grid, fill=AIR_HU)
+        image = resample_linear(canon.array, grid, fill=AIR_HU)
         image = self._normalise(image, self.fine_model)
         probs = self._probabilities(self.fine_model, image, "fine", span)
         back = [m.inverse(s.stop - s.start, s.start) for m, s in zip(grid, box)]
@@ -327,12 +326,7 @@ class CascadePredictor:
         # Interpolation is linear, so restoring p1 - p0 and p2 - p0 gives the labels of the restored
         # probabilities (either decision rule) with two channels instead of three (a third less of the
         # largest glue step).
-        diff = probs[1:] - probs[:1]
-        if diff.device.type == "cpu":
-            restored = resample_view(diff, back, fill=None)
-        else:
-            restored = resample_linear(diff, back, fill=None, antialias=True, device=str(diff.device))
-        return box, restored
+        return box, resample_linear(probs[1:] - probs[:1], back, fill=None)
 
     def predict(self, ct: Volume) -> CascadeResult:
         """Both stages; raises NoKidneyFound when the rough stage finds nothing."""

@@ -17,7 +17,7 @@ from BiSCSegmentationLib.network import SCUNetConfig
 from BiSCSegmentationLib.cascade import rough_grid
 from BiSCSegmentationLib.resample import resample_nearest
 from BiSCSegmentationLib.roi import KidneyROI, check_roi, load_rois, rois_from_mask, save_rois, ROIError
-from BiSCSegmentationLib.cascade import _grid_volume, canonical_view
+from BiSCSegmentationLib.cascade import _grid_volume
 from BiSCSegmentationLib.volume import Volume, read_volume, to_canonical, VolumeError
 from conftest import KITS_DIR, requires_kits
 from test_geometry import DIRECTIONS
@@ -223,7 +223,7 @@ def test_roi_json_round_trip_and_errors(tmp_path):
 
 def rough_grid_labels(labels: Volume) -> Volume:
     """What a perfect rough stage would output: the label map on the rough grid (as the cascade builds it)."""
-    canon, _ = canonical_view(labels)  # a view: the same voxels as to_canonical, without a copy
+    canon, _ = to_canonical(labels)  # a view: no copy
     maps = rough_grid(canon, 128, 3.0)
     return _grid_volume(canon, maps, resample_nearest(canon.array, maps))
 

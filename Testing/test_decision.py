@@ -12,7 +12,7 @@ from BiSCSegmentationLib.decision import (ARGMAX, Decision, labels_from_differen
 from BiSCSegmentationLib.model_file import ModelFileError, load_model_file, save_model_file
 from BiSCSegmentationLib.resample import AxisMap, resample_linear
 from BiSCSegmentationLib.roi import KidneyROI, rois_from_mask
-from BiSCSegmentationLib.volume import Volume, kits19_affine_volume
+from BiSCSegmentationLib.volume import Volume, kits19_affine_volume, to_canonical
 from conftest import tiny_stage_models
 from test_cascade import INTENSITY, OracleNet, encode, oracle_models, two_kidney_labels
 
@@ -389,7 +389,6 @@ def test_set_decision_changes_only_the_decision_and_records_it(tmp_path, capsys)
 
 @pytest.mark.slow
 def test_tuning_scores_are_those_of_the_cascade_run_with_each_rule():
-    from BiSCSegmentationLib.cascade import canonical_view
     from BiSCSegmentationLib.metrics import kits19_case_scores
     from BiSCSegmentationLib.phantom import make_case
     from bisc_training.tune_decision import case_scores, restored_differences
@@ -403,7 +402,7 @@ def test_tuning_scores_are_those_of_the_cascade_run_with_each_rule():
                  Decision("foreground", 0.25, 0.125, 0.0, 0.7, 0.0),
                  Decision("foreground", 0.125, 0.125, 0.0, 0.7, 0.5, 1.0), Decision("foreground", 0.125, 0.125, 0.0, 0.7, 0.5),
                  Decision("foreground", 0.0, 0.0, 0.0, 0.0, 0.2, 3.0, 5.0)]
-    scores = case_scores(canon, canonical_view(gt)[0].array, rois, decisions)
+    scores = case_scores(canon, to_canonical(gt)[0].array, rois, decisions)
     assert scores[decisions[6]] != scores[decisions[7]]  # the margin step changes this case's labels
     boxes = predictor.locate(ct).rois
     for d in decisions:

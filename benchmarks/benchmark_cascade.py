@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from BiSCSegmentationLib import backends as B
-from BiSCSegmentationLib.cascade import CascadePredictor, canonical_view, label_argmax, sliding_window
+from BiSCSegmentationLib.cascade import CascadePredictor, label_argmax, sliding_window
 from BiSCSegmentationLib.resample import resample_linear
 from BiSCSegmentationLib.metrics import kits19_case_scores, dice
 from BiSCSegmentationLib.model_file import (StageModel, default_cache_dir, load_bundled, load_model_file,
@@ -51,7 +51,7 @@ from BiSCSegmentationLib.model_file import (StageModel, default_cache_dir, load_
 from BiSCSegmentationLib.network import SCUNetConfig
 from BiSCSegmentationLib.resample import AxisMap, spacing_map
 from BiSCSegmentationLib.roi import rois_from_mask
-from BiSCSegmentationLib.volume import Volume
+from BiSCSegmentationLib.volume import Volume, to_canonical
 
 from machine_limits import flops_per_voxel, log, machine_info
 from processes import RAS_TO_LPS, child_memory, cold_cli, run_child, training_throughput
@@ -223,7 +223,7 @@ def baseline(mset: Dict, spec: str, ct: Volume, gt: Volume) -> Dict:
     rec = Recorder(predictor)
     runner = predictor._runners["fine"]
     t = time.perf_counter()
-    canon, reo = canonical_view(ct)
+    canon, reo = to_canonical(ct)
     sp = fine.fine_spacing
     maps = [spacing_map(n, s_in, s_out) for n, s_in, s_out in
             zip(canon.array.shape, canon.spacing[::-1], sp[::-1])]

@@ -28,9 +28,10 @@ import torch
 
 from scipy import ndimage
 
-from BiSCSegmentationLib.cascade import (AIR_HU, CascadePredictor, canonical_view, fine_grid, label_argmax,
+from BiSCSegmentationLib.cascade import (AIR_HU, CascadePredictor, fine_grid, label_argmax,
                                          nearest_to_stored, rough_grid, small_components)
 from BiSCSegmentationLib.resample import resample_linear
+from BiSCSegmentationLib.volume import to_canonical
 from BiSCSegmentationLib.decision import labels_from_differences as label_from_differences
 from BiSCSegmentationLib.model_file import default_cache_dir
 from BiSCSegmentationLib.roi import rois_from_mask
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     ct, gt = phantom_case(default_cache_dir() / "benchmark" / "phantom", 7, (300, 512, 512), (0.78, 0.78, 1.0))
     predictor = CascadePredictor.bundled(device="cpu")
-    canon, reo = canonical_view(ct)
+    canon, reo = to_canonical(ct)
     work = []
     for roi in rois_from_mask(gt, predictor.fine_model.fine_spacing, min_component_ml=1.0):
         grid, box = fine_grid(canon, roi, predictor.fine_model)

@@ -27,12 +27,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from BiSCSegmentationLib.cascade import CascadePredictor, NoKidneyFound, canonical_view, paste_max, small_components
+from BiSCSegmentationLib.cascade import CascadePredictor, NoKidneyFound, paste_max, small_components
 from BiSCSegmentationLib.decision import (ISLAND_FRACTION, Decision, apply_case_steps, labels_from_differences,
                                          margin_candidates, probability_to_uint8, tumor_probability)
 from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of
 from BiSCSegmentationLib.outputs import replace_file, write_json
-from BiSCSegmentationLib.volume import Volume
+from BiSCSegmentationLib.volume import Volume, to_canonical
 
 from . import data as D
 from .compare_windows import pick_cases
@@ -46,7 +46,7 @@ def restored_differences(predictor: CascadePredictor, ct: Volume, rois=None) -> 
     """The canonical CT and, per ROI (default: those the rough stage finds), the cascade's own
     ``(box, restored (p1 - p0, p2 - p0))``, on the ROI as the cascade grows it (``roi_growth``) under the
     predictor's own fine rule: every rule of the grid is then scored on those boxes."""
-    canon, _ = canonical_view(ct)
+    canon, _ = to_canonical(ct)
     if rois is None:
         try:
             rois = predictor.locate(ct).rois
@@ -126,7 +126,7 @@ def _score(case: str):
         from BiSCSegmentationLib.phantom import synthesize_ct
         labels = D.read_labels(_WORKER["kits"] / case / "segmentation.nii.gz")
         ct = synthesize_ct(labels, seed=int(case[-5:]) + _WORKER["offset"])
-    gt = canonical_view(labels)[0].array
+    gt = to_canonical(labels)[0].array
     predictor, scores, done = _WORKER["predictor"], {}, []  # done: (ROIs, their scores)
     for rough in _WORKER["rough_decisions"]:
         predictor.rough_decision = rough

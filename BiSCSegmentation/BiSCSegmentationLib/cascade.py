@@ -29,7 +29,7 @@ from .quality import QualityWarning, check_input, check_result, merge, roi_warni
 from .resample import AxisMap, covering_map, nearest_to_stored, resample_linear, spacing_map
 from .roi import (MAX_ROI_SIDE_MM, KidneyROI, check_roi, distinct_rois, grow_roi, roi_index_bounds, rois_from_mask,
                   touched_faces)
-from .volume import Reorientation, Volume, canonical_reorientation
+from .volume import Reorientation, Volume, to_canonical
 from .windows import run_network, sliding_window
 
 ProgressCallback = Callable[[str, float], None]
@@ -203,7 +203,7 @@ class CascadePredictor:
         self.warnings = self._check_input(ct)
         t0 = time.perf_counter()
         self._report("rough", 0.0)
-        canon, reo = canonical_view(ct)
+        canon, reo = to_canonical(ct)
         g = self.rough_model.grid
         nz, ny, nx = canon.array.shape
         maps = rough_grid(canon, int(g["inplane_size"]), float(g["z_spacing"]))
@@ -240,7 +240,7 @@ class CascadePredictor:
         if problems:
             raise ValueError("; ".join(problems))
         t0 = time.perf_counter()
-        canon, reo = canonical_view(ct)
+        canon, reo = to_canonical(ct)
         check_fine_stage(rois, lambda r: fine_grid(canon, r, self.fine_model), ct.array.size, self.fine_model,
                          self.decision.has_case_steps)
         out_stored = np.zeros(ct.array.shape, dtype=np.uint8)
@@ -338,19 +338,6 @@ class CascadePredictor:
 
 
 # ---------------------------------------------------------------------------------------------------- glue
-def canonical_view(ct: Volume) -> Tuple[Volume, Reorientation]:
-    """Like ``volume.to_canonical`` but the array is a view of ``ct.array`` (no copy of the whole CT)."""
-    r = canonical_reorientation(ct.direction)
-    size = np.array(ct.size_ijk)
-    new_dir, new_spacing, corner = np.zeros((3, 3)), [0.0, 0.0, 0.0], np.zeros(3)
-    for n in range(3):
-        a, p = 2 - r.axes[n], 2 - n
-        new_dir[:, p] = (-1.0 if r.flips[n] else 1.0) * ct.direction[:, a]
-        new_spacing[p] = ct.spacing[a]
-        corner[a] = size[a] - 1 if r.flips[n] else 0
-    return Volume(r.apply(ct.array), tuple(new_spacing), tuple(ct.index_to_physical(corner)), new_dir), r
-
-
 def foreground_entropy(probs: torch.Tensor) -> Tuple[float, int]:
     """(mean entropy of the class probabilities, normalised to 0-1, over the voxels more likely kidney or tumor
     than background; their number): how unsure the network is of what it labels."""

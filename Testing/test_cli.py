@@ -6,7 +6,6 @@ everything inside the ROI kidney.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import torch
 from BiSCSegmentationLib import cli
 from BiSCSegmentationLib.cli import phantom_main, segment_main, write_seg_nrrd
 from BiSCSegmentationLib.model_file import BUNDLED_DIR, StageModel, save_model_file
+from BiSCSegmentationLib.registry import read_registry
 from BiSCSegmentationLib.network import SCUNetConfig
 from BiSCSegmentationLib.roi import KidneyROI, load_rois, save_rois
 from BiSCSegmentationLib.volume import Volume, kits19_affine_volume, read_volume, to_sitk, write_volume
@@ -373,9 +373,27 @@ def test_render_overview(tmp_path):
         save_png(img, tmp_path / "o.png")
 
 
+def test_the_bundled_model_list_is_read_in_one_place(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BUNDLED_DIR.parents[1]))  # BiSCSegmentation/: the Slicer module's package
+    from BiSCSegmentationLib import registry
+    from BiSCSegmentationLib.model_file import ModelFileError, bundled_entry, bundled_model_names
+    from BiSCSegmentationSlicer import models as slicer_models
+
+    reg = read_registry()
+    assert reg["default"] in reg["models"] and bundled_model_names() == sorted(reg["models"])
+    assert bundled_entry() == (reg["default"], reg["models"][reg["default"]])
+    assert slicer_models.bundled_models() == reg["models"] and slicer_models.default_bundled() == reg["default"]
+    monkeypatch.setattr(registry, "REGISTRY", tmp_path / "models.json")  # not shipped
+    with pytest.raises(ModelFileError, match="reinstall"):
+        bundled_model_names()
+    assert slicer_models.bundled_models() == {} and slicer_models.default_bundled() == ""
+    (tmp_path / "models.json").write_text('{"default": "x", "models": {"x": {}}}')
+    assert bundled_model_names() == ["x"] and slicer_models.default_bundled() == "x"
+
+
 def _bundled_models_present() -> bool:
     try:
-        reg = json.loads((BUNDLED_DIR / "models.json").read_text())
+        reg = read_registry()
         entry = reg["models"][reg["default"]]
         return all((BUNDLED_DIR / entry[s]["file"]).is_file() for s in ("rough", "fine"))
     except (OSError, KeyError, ValueError):

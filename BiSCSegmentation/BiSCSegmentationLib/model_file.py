@@ -15,7 +15,6 @@ models are listed in ``models/models.json`` with their SHA-256, which loading ch
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 import urllib.request
@@ -28,14 +27,13 @@ import torch
 from .decision import Decision
 from .network import SCUNet, SCUNetConfig
 from .outputs import replace_file, write_file
+from .registry import BUNDLED_DIR, read_registry
 from .volume import unreadable
 
 FORMAT = "bisc-unet-model"
 FORMAT_VERSION = 1
 STAGES = ("rough", "fine")
 LABELS = {"0": "background", "1": "kidney", "2": "tumor"}
-BUNDLED_DIR = Path(__file__).resolve().parent / "models"
-REGISTRY = BUNDLED_DIR / "models.json"
 
 
 class ModelFileError(ValueError):
@@ -193,18 +191,12 @@ def load_model_file(path, expected_sha256: Optional[str] = None, stage: Optional
 
 
 # ------------------------------------------------------------------------------------------ bundled models
-def registry() -> Dict:
-    if not REGISTRY.is_file():
-        raise ModelFileError(f"{REGISTRY}: the bundled model list is missing; reinstall BiSCSegmentation")
-    return json.loads(REGISTRY.read_text())
-
-
 def bundled_model_names() -> List[str]:
-    return sorted(registry()["models"])
+    return sorted(read_registry(ModelFileError)["models"])
 
 
 def bundled_entry(name: Optional[str] = None) -> Tuple[str, Dict]:
-    reg = registry()
+    reg = read_registry(ModelFileError)
     name = name or reg["default"]
     if name not in reg["models"]:
         raise ModelFileError(f"no bundled model named {name!r}; available: {', '.join(sorted(reg['models']))}")

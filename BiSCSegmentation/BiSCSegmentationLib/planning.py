@@ -21,6 +21,7 @@ from . import __version__
 from .metrics import _FULL, _bbox, _farthest_pair, _hull_indices, components_in_box, largest_diameter
 from .nephrometry import KidneyBox, renal_score, size_category
 from .quality import MIN_KIDNEY_ML, QualityWarning, WARNING
+from .roi import side_of
 from .volume import Volume, VolumeError, to_canonical
 
 PLAN_FORMAT = "bisc-segmentation-plan"
@@ -104,10 +105,6 @@ def _midline(volume: Volume, ct: Optional[Volume]) -> Tuple[float, str]:
     corners = np.array([[i, j, k] for i in (0, volume.size_ijk[0] - 1) for j in (0, volume.size_ijk[1] - 1)
                         for k in (0, volume.size_ijk[2] - 1)], dtype=float)
     return float(volume.index_to_physical(corners)[:, 0].mean()), "centre of the image (no CT given)"
-
-
-def _side(x: float, midline: float) -> str:
-    return "left" if x > midline else "right"   # LPS: x grows towards the patient's left
 
 
 def axial_diameter(mask: np.ndarray, spacing_kji) -> Tuple[float, Optional[int], Optional[np.ndarray]]:
@@ -198,7 +195,7 @@ def analyse(labels: Volume, ct: Optional[Volume] = None, min_tumor_ml: float = M
         x_lps = kb.lps_sample(kb.labels > 0)[:, 0]
         fused = min(np.mean(x_lps > plan.midline_x_lps), np.mean(x_lps < plan.midline_x_lps)) > 0.25
         kidneys[n] = {"box": kb, "start": start, "centroid": c_lps, "fused": bool(fused), "cache": {},
-                      "doc": {"side": "both (fused)" if fused else _side(c_lps[0], plan.midline_x_lps),
+                      "doc": {"side": "both (fused)" if fused else side_of(c_lps[0], c_lps[0], plan.midline_x_lps),
                               "volume_ml": round(counts[n] * voxel_ml, 2),
                               "parenchyma_ml": round(float(np.count_nonzero(kb.labels == 1)) * voxel_ml, 2),
                               "tumor_volume_ml": round(float(np.count_nonzero(kb.labels == 2)) * voxel_ml, 2),
@@ -249,7 +246,7 @@ def analyse(labels: Volume, ct: Optional[Volume] = None, min_tumor_ml: float = M
             kid = kidneys[host]
             kid["doc"]["tumor_count"] += 1
             doc["kidney"] = kid["number"]
-            doc["side"] = _side(c_lps[0], plan.midline_x_lps) if kid["fused"] else kid["doc"]["side"]
+            doc["side"] = side_of(c_lps[0], c_lps[0], plan.midline_x_lps) if kid["fused"] else kid["doc"]["side"]
             if renal:
                 kb = kid["box"]
                 local = np.zeros(kb.labels.shape, bool)
@@ -257,7 +254,7 @@ def analyse(labels: Volume, ct: Optional[Volume] = None, min_tumor_ml: float = M
                 local[tuple(slice(int(r), int(r) + n) for r, n in zip(rel, mask.shape))] = mask
                 doc["renal"] = renal_score(kb, local, d3, kid["cache"])
         else:
-            doc["side"] = _side(c_lps[0], plan.midline_x_lps)
+            doc["side"] = side_of(c_lps[0], c_lps[0], plan.midline_x_lps)
             doc["renal"] = {"R": None, "E": None, "N": None, "A": None, "L": None, "score": None,
                             "complexity": None, "notation": "?",
                             "raw": {"reason": f"not computed: the tumor lies in a kidney fragment under "

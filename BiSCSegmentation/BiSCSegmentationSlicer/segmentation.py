@@ -48,7 +48,7 @@ def assign_sides(labels, rois: Sequence, midline: float) -> np.ndarray:
     sides (horseshoe kidney, or a result that merged both kidneys), one in a "both" ROI, and one in no
     right/left ROI are split voxel by voxel at the midline.
     """
-    from .rois import CROSSING_MM
+    from BiSCSegmentationLib.roi import side_of
     from scipy import ndimage
 
     fg = np.asarray(labels.array) > 0
@@ -66,7 +66,7 @@ def assign_sides(labels, rois: Sequence, midline: float) -> np.ndarray:
         candidates = [r for r in rois if r.contains(c_lps[None])[0]]
         best = min(candidates, key=lambda r: float(np.linalg.norm(np.asarray(r.center) - c_lps)), default=None)
         x = labels.index_to_physical(kji_idx[:, ::-1].astype(float))[:, 0]
-        crosses = x.min() < midline - CROSSING_MM and x.max() > midline + CROSSING_MM
+        crosses = side_of(float(x.min()), float(x.max()), midline) == "both"
         if best is not None and best.side in ("right", "left") and not crosses:
             sides[tuple(kji_idx.T)] = 1 if best.side == "right" else 2
         else:

@@ -114,6 +114,31 @@ def test_seg_nrrd_has_slicer_fields(full_run):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(img), read_volume(full_run[0]["labels"]).array)
 
 
+def test_the_output_segments_are_defined_once(monkeypatch):
+    from BiSCSegmentationLib import seg_nrrd
+    monkeypatch.syspath_prepend(str(BUNDLED_DIR.parents[1]))  # BiSCSegmentation/: the Slicer module's package
+    from BiSCSegmentationSlicer import terminology
+
+    assert terminology.SEGMENTS is seg_nrrd.SIDE_SEGMENTS
+    kidney, tumor = seg_nrrd.SEGMENTS
+    assert (kidney.name, kidney.index, kidney.color_rgb255) == ("Kidney", 1, (185, 102, 83))
+    assert (tumor.name, tumor.index, tumor.color_rgb255) == ("Renal tumor", 2, (144, 238, 144))
+    assert kidney.terminology == ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^"
+                                  "Anatomical Structure~SCT^64033007^Kidney~^^~Anatomic codes - DICOM master list~^^~^^")
+    assert tumor.terminology == ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^"
+                                 "Morphologically Altered Structure~SCT^4147007^Mass~^^~Anatomic codes - DICOM master "
+                                 "list~SCT^64033007^Kidney~^^")
+    for spec in seg_nrrd.SIDE_SEGMENTS:  # the same structure, color and codes, plus the side
+        plain = seg_nrrd.SEGMENTS[spec.label - 1]
+        assert spec.color_rgb255 == plain.color_rgb255 and spec.name.lower().endswith(plain.name.lower()[-6:])
+        side_code = "SCT^24028007^Right" if spec.side == "right" else "SCT^7771000^Left"
+        assert spec.terminology.replace(side_code, "^^") == plain.terminology
+    meta = seg_nrrd.seg_nrrd_metadata(np.array([[[0, 1, 2]]], np.uint8))
+    assert meta["Segment0_Name"] == "Kidney" and meta["Segment1_LabelValue"] == "2"
+    split = seg_nrrd.seg_nrrd_metadata(np.array([[[0, 3, 2]]], np.uint8), seg_nrrd.SIDE_SEGMENTS)
+    assert [split[f"Segment{n}_Name"] for n in range(2)] == ["Left kidney", "Right renal tumor"]
+
+
 def test_seg_nrrd_writer_both_segments(tmp_path):
     a = np.zeros((6, 7, 8), np.uint8)
     a[1:3, 2:4, 3:6] = 1

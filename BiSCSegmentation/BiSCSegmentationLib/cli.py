@@ -21,7 +21,7 @@ import numpy as np
 from .outputs import Interrupted, OutputSet, check_targets, signals_as_interrupts
 from .quality import QualityWarning, check_input, exit_status_text, merge
 from .roi import KidneyROI, ROIError, check_roi, load_rois, rois_document
-from .seg_nrrd import SEGMENTS, SegmentInfo, add_seg_nrrd, seg_nrrd_metadata, write_seg_nrrd  # noqa: F401 (re-export)
+from .seg_nrrd import SEGMENTS, SegmentSpec, add_seg_nrrd, seg_nrrd_metadata, write_seg_nrrd  # noqa: F401 (re-export)
 from .summary import summary_document
 from .volume import WRITABLE_LABEL_SUFFIXES, Volume, VolumeError, read_volume
 

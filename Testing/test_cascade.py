@@ -18,7 +18,7 @@ from BiSCSegmentationLib.network import SCUNetConfig
 from BiSCSegmentationLib.cascade import rough_grid
 from BiSCSegmentationLib.resample import resample_nearest
 from BiSCSegmentationLib.roi import KidneyROI, check_roi, load_rois, rois_from_mask, save_rois, ROIError
-from BiSCSegmentationLib.cascade import _grid_volume, canonical_view
+from BiSCSegmentationLib.cascade import _grid_volume
 from BiSCSegmentationLib.volume import Volume, read_volume, to_canonical, VolumeError
 from conftest import KITS_DIR, requires_kits
 from test_geometry import DIRECTIONS
@@ -203,15 +203,14 @@ def test_two_channel_labels_match_the_argmax_of_three_probabilities():
 
 
 def test_resampling_a_backwards_view_equals_resampling_its_copy():
-    from BiSCSegmentationLib.cascade import resample_view
-    from BiSCSegmentationLib.resample import AxisMap, covering_map
+    from BiSCSegmentationLib.resample import AxisMap, covering_map, resample_linear
     a = np.random.default_rng(0).integers(-1000, 1000, (20, 40, 36)).astype(np.int16)
     view = a[:, ::-1, ::-1]   # how a canonical view of a NIfTI-ordered CT runs
     for maps in ([covering_map(20, 7), covering_map(40, 16), covering_map(36, 9)],
                  [AxisMap(10, 3.0, 1.0), AxisMap(30, 2.0, 1.0), covering_map(36, 12)],  # copies and a shrink
                  [AxisMap(8, -2.0, 2.5), AxisMap(16, 5.5, 1.7), AxisMap(20, -3.0, 2.0)]):  # partly outside
-        ref = resample_view(np.ascontiguousarray(view), maps, fill=-1024.0)
-        assert torch.allclose(resample_view(view, maps, fill=-1024.0), ref, atol=1e-3)
+        ref = resample_linear(np.ascontiguousarray(view), maps, fill=-1024.0)
+        assert torch.allclose(resample_linear(view, maps, fill=-1024.0), ref, atol=1e-3)
 
 
 def test_roi_json_round_trip_and_errors(tmp_path):
@@ -230,7 +229,7 @@ def test_roi_json_round_trip_and_errors(tmp_path):
 
 def rough_grid_labels(labels: Volume) -> Volume:
     """What a perfect rough stage would output: the label map on the rough grid (as the cascade builds it)."""
-    canon, _ = canonical_view(labels)  # a view: the same voxels as to_canonical, without a copy
+    canon, _ = to_canonical(labels)  # a view: no copy
     maps = rough_grid(canon, 128, 3.0)
     return _grid_volume(canon, maps, resample_nearest(canon.array, maps))
 

@@ -6,7 +6,6 @@ everything inside the ROI kidney.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import torch
 from BiSCSegmentationLib import cli
 from BiSCSegmentationLib.cli import phantom_main, segment_main, write_seg_nrrd
 from BiSCSegmentationLib.model_file import BUNDLED_DIR, StageModel, save_model_file
+from BiSCSegmentationLib.registry import read_registry
 from BiSCSegmentationLib.network import SCUNetConfig
 from BiSCSegmentationLib.roi import KidneyROI, load_rois, save_rois
 from BiSCSegmentationLib.volume import Volume, kits19_affine_volume, read_volume, to_sitk, write_volume
@@ -112,6 +112,31 @@ def test_seg_nrrd_has_slicer_fields(full_run):
     assert "TerminologyEntry:Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^" \
            "Anatomical Structure~SCT^64033007^Kidney~" in img.GetMetaData("Segment0_Tags")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(img), read_volume(full_run[0]["labels"]).array)
+
+
+def test_the_output_segments_are_defined_once(monkeypatch):
+    from BiSCSegmentationLib import seg_nrrd
+    monkeypatch.syspath_prepend(str(BUNDLED_DIR.parents[1]))  # BiSCSegmentation/: the Slicer module's package
+    from BiSCSegmentationSlicer import terminology
+
+    assert terminology.SEGMENTS is seg_nrrd.SIDE_SEGMENTS
+    kidney, tumor = seg_nrrd.SEGMENTS
+    assert (kidney.name, kidney.index, kidney.color_rgb255) == ("Kidney", 1, (185, 102, 83))
+    assert (tumor.name, tumor.index, tumor.color_rgb255) == ("Renal tumor", 2, (144, 238, 144))
+    assert kidney.terminology == ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^"
+                                  "Anatomical Structure~SCT^64033007^Kidney~^^~Anatomic codes - DICOM master list~^^~^^")
+    assert tumor.terminology == ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^"
+                                 "Morphologically Altered Structure~SCT^4147007^Mass~^^~Anatomic codes - DICOM master "
+                                 "list~SCT^64033007^Kidney~^^")
+    for spec in seg_nrrd.SIDE_SEGMENTS:  # the same structure, color and codes, plus the side
+        plain = seg_nrrd.SEGMENTS[spec.label - 1]
+        assert spec.color_rgb255 == plain.color_rgb255 and spec.name.lower().endswith(plain.name.lower()[-6:])
+        side_code = "SCT^24028007^Right" if spec.side == "right" else "SCT^7771000^Left"
+        assert spec.terminology.replace(side_code, "^^") == plain.terminology
+    meta = seg_nrrd.seg_nrrd_metadata(np.array([[[0, 1, 2]]], np.uint8))
+    assert meta["Segment0_Name"] == "Kidney" and meta["Segment1_LabelValue"] == "2"
+    split = seg_nrrd.seg_nrrd_metadata(np.array([[[0, 3, 2]]], np.uint8), seg_nrrd.SIDE_SEGMENTS)
+    assert [split[f"Segment{n}_Name"] for n in range(2)] == ["Left kidney", "Right renal tumor"]
 
 
 def test_seg_nrrd_writer_both_segments(tmp_path):
@@ -362,6 +387,24 @@ def test_render_overview(tmp_path):
     save_png(img, tmp_path / "o.png")
     with pytest.raises(FileExistsError):
         save_png(img, tmp_path / "o.png")
+
+
+def test_the_bundled_model_list_is_read_in_one_place(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BUNDLED_DIR.parents[1]))  # BiSCSegmentation/: the Slicer module's package
+    from BiSCSegmentationLib import registry
+    from BiSCSegmentationLib.model_file import ModelFileError, bundled_entry, bundled_model_names
+    from BiSCSegmentationSlicer import models as slicer_models
+
+    reg = read_registry()
+    assert reg["default"] in reg["models"] and bundled_model_names() == sorted(reg["models"])
+    assert bundled_entry() == (reg["default"], reg["models"][reg["default"]])
+    assert slicer_models.bundled_models() == reg["models"] and slicer_models.default_bundled() == reg["default"]
+    monkeypatch.setattr(registry, "REGISTRY", tmp_path / "models.json")  # not shipped
+    with pytest.raises(ModelFileError, match="reinstall"):
+        bundled_model_names()
+    assert slicer_models.bundled_models() == {} and slicer_models.default_bundled() == ""
+    (tmp_path / "models.json").write_text('{"default": "x", "models": {"x": {}}}')
+    assert bundled_model_names() == ["x"] and slicer_models.default_bundled() == "x"
 
 
 @pytest.mark.slow

@@ -11,9 +11,9 @@ from BiSCSegmentationLib.decision import (ARGMAX, Decision, labels_from_differen
                                          tumor_probability)
 from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.model_file import ModelFileError, load_model_file, save_model_file
-from BiSCSegmentationLib.resample import AxisMap, resample_view
+from BiSCSegmentationLib.resample import AxisMap, resample_linear
 from BiSCSegmentationLib.roi import KidneyROI, rois_from_mask
-from BiSCSegmentationLib.volume import Volume, kits19_affine_volume
+from BiSCSegmentationLib.volume import Volume, kits19_affine_volume, to_canonical
 from conftest import tiny_stage_models
 from test_cascade import INTENSITY, OracleNet, encode, oracle_models, two_kidney_labels
 
@@ -42,9 +42,9 @@ def test_foreground_rule_from_two_restored_differences_equals_the_rule_on_three_
     p = _probs(seed=1)
     # restored through a real resampling onto a finer, shifted grid (what the cascade does per ROI)
     back = [AxisMap(11, 0.3, 0.45), AxisMap(17, 0.1, 0.5), AxisMap(13, 0.0, 0.7)]
-    p3 = resample_view(p, back, fill=None)
+    p3 = resample_linear(p, back, fill=None)
     got = labels_from_differences(
-        resample_view(p[1:] - p[:1], back, fill=None), Decision("foreground", foreground_bias=bf, tumor_bias=bt)
+        resample_linear(p[1:] - p[:1], back, fill=None), Decision("foreground", foreground_bias=bf, tumor_bias=bt)
     )
     want = _foreground_rule(p3, bf, bt)
     # away from exact ties the two computations must agree voxel for voxel
@@ -402,7 +402,6 @@ def test_set_decision_changes_only_the_decision_and_records_it(tmp_path, capsys)
 
 @pytest.mark.slow
 def test_tuning_scores_are_those_of_the_cascade_run_with_each_rule():
-    from BiSCSegmentationLib.cascade import canonical_view
     from BiSCSegmentationLib.metrics import kits19_case_scores
     from BiSCSegmentationLib.phantom import make_case
     from bisc_training.tune_decision import case_scores, restored_differences
@@ -427,7 +426,7 @@ def test_tuning_scores_are_those_of_the_cascade_run_with_each_rule():
         Decision("foreground", foreground_bias=0.0, tumor_bias=0.0, min_tumor_ml=0.0, min_tumor_probability=0.0,
                  min_island_fraction=0.2, tumor_margin_bias=3.0, tumor_margin_min_ml=5.0),
     ]
-    scores = case_scores(canon, canonical_view(gt)[0].array, rois, decisions)
+    scores = case_scores(canon, to_canonical(gt)[0].array, rois, decisions)
     assert scores[decisions[6]] != scores[decisions[7]]  # the margin step changes this case's labels
     boxes = predictor.locate(ct).rois
     for d in decisions:

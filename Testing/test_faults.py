@@ -176,6 +176,39 @@ def test_concurrent_writer_output_is_never_replaced(models, ct_path, tmp_path, m
     _unchanged(tmp_path, {outs[0]: b"the other run's label map"})
 
 
+def test_replace_file_writes_beside_flushes_then_renames(tmp_path, monkeypatch):
+    target = tmp_path / "cache.json"
+    target.write_text("old")
+    seen = []
+    real_sync = outputs._sync
+
+    def sync(path):
+        # flushed while still the temporary file beside the target, before the rename
+        seen.append((Path(path).parent, Path(path).name != target.name, target.read_text()))
+        return real_sync(path)
+
+    monkeypatch.setattr(outputs, "_sync", sync)
+    assert outputs.replace_file(target, lambda tmp: Path(tmp).write_text("new")) == target
+    assert target.read_text() == "new" and seen == [(tmp_path, True, "old")]
+    assert sorted(os.listdir(tmp_path)) == ["cache.json"]
+
+
+def test_replace_file_failure_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "weights.bin"
+    target.write_bytes(b"old")
+
+    def half_written(tmp):
+        Path(tmp).write_bytes(b"ne")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        outputs.replace_file(target, half_written)
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["weights.bin"]
+    with pytest.raises(KeyboardInterrupt):
+        outputs.replace_file(tmp_path / "new.json", lambda tmp: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert os.listdir(tmp_path) == ["weights.bin"]
+
+
 def test_library_messages_carry_no_api_wording(tmp_path):
     vol = Volume(np.zeros((2, 3, 4), np.uint8))
     path = write_volume(vol, tmp_path / "a.nrrd")

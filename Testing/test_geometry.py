@@ -120,6 +120,43 @@ def test_resample_identity_is_exact_and_nearest_keeps_labels():
     assert set(np.unique(down)) <= {0, 1, 2}
 
 
+def _dense_linear(a, maps, fill):
+    """Reference: the interpolation matrices applied in float64 along each axis, outside voxels set to fill."""
+    from BiSCSegmentationLib.resample import linear_weights
+    out = np.asarray(a, np.float64)
+    lead = out.ndim - 3
+    outside = []
+    for ax in range(3):
+        mat, inside = linear_weights(out.shape[lead + ax], maps[ax])
+        out = np.moveaxis(np.tensordot(mat.astype(np.float64), np.moveaxis(out, lead + ax, 0), axes=1), 0, lead + ax)
+        outside.append(~inside)
+    if fill is not None:
+        for ax in range(3):
+            index = [slice(None)] * out.ndim
+            index[lead + ax] = outside[ax]
+            out[tuple(index)] = fill
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_resample_linear_matches_the_dense_product_for_views_slabs_copies_and_tensors(seed):
+    import torch
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(30, 41, 37)).astype(np.float32) * 100
+    view = a[::-1, :, ::-1]  # negative strides, as a canonical view of a stored CT
+    maps = [AxisMap(int(rng.integers(5, 40)), float(rng.uniform(-3, 5)), float(rng.uniform(0.3, 3.5)))
+            for _ in range(3)]
+    if seed == 0:
+        maps[1] = AxisMap(20, 4.0, 1.0)  # an exact-copy axis
+    got = resample_linear(view, maps, fill=-1024.0, chunk_voxels=500)  # many z slabs
+    assert got.dtype == torch.float32 and got.device.type == "cpu"
+    np.testing.assert_allclose(got.numpy(), _dense_linear(view, maps, -1024.0), rtol=1e-5, atol=1e-3)
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(3, 12, 14, 16)).astype(np.float32)), 0)
+    back = [AxisMap(30, -0.3, 0.37), AxisMap(14, 0.0, 1.0), AxisMap(50, 0.1, 0.3)]
+    np.testing.assert_allclose(resample_linear(probs, back, fill=None).numpy(),
+                               _dense_linear(probs.numpy(), back, None), rtol=1e-5, atol=1e-6)
+
+
 def test_resample_fills_outside_and_reads_only_needed_region():
     a = np.ones((10, 10, 10), np.float32)
     out = resample_linear(a, [AxisMap(4, -3.0, 1.0), AxisMap(2, 0.0, 1.0), AxisMap(2, 0.0, 1.0)], fill=-5.0).numpy()

@@ -123,7 +123,7 @@ def test_work_that_exceeds_the_available_memory_is_refused_before_it_starts(pred
     ct = _ct()
     roi = KidneyROI(_centre(ct), (60.0, 60.0, 45.0))
     monkeypatch.setattr(limits, "available_memory_bytes", lambda: 2 << 20)  # 2 MiB left
-    monkeypatch.setattr(cascade, "resample_view", lambda *a, **k: pytest.fail("allocated before the check"))
+    monkeypatch.setattr(cascade, "resample_linear", lambda *a, **k: pytest.fail("allocated before the check"))
     with pytest.raises(ResourceLimitError, match=r"the rough stage needs about \d+ MiB .* only 2 MiB is available"):
         predictor.locate(ct)
     with pytest.raises(ResourceLimitError, match=r"the fine stage needs about \d+ MiB .* only 2 MiB is available"):

@@ -211,3 +211,19 @@ def test_evaluate_cascade_with_fake_predictor(tmp_path):
     assert (tmp_path / "ev" / "predictions" / "case_00001.nii.gz").is_file()
     with pytest.raises(FileExistsError):
         ec.evaluate_cascade(Fake(), cases, tmp_path / "ev", progress=False, verbose=False)
+
+
+def test_components_in_box_labels_26_connected_components_inside_the_mask_box():
+    from scipy import ndimage
+
+    from BiSCSegmentationLib.metrics import components_in_box
+
+    assert components_in_box(np.zeros((4, 5, 6), bool)) == (None, None, 0)
+    m = np.zeros((8, 9, 10), bool)
+    m[2, 3, 4] = m[3, 4, 5] = True          # touch at a corner only: one 26-connected component
+    m[6, 7, 8] = True                       # apart: a second one
+    box, comp, n = components_in_box(m)
+    assert box == (slice(2, 7), slice(3, 8), slice(4, 9)) and n == 2
+    assert comp.shape == m[box].shape and np.array_equal(comp > 0, m[box])
+    full, _ = ndimage.label(m, structure=np.ones((3, 3, 3), bool))
+    assert np.array_equal(comp, full[box])  # the same numbering as labelling the whole array

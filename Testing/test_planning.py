@@ -235,3 +235,14 @@ def test_bisc_plan_refusals(tmp_path, capsys):
     assert plan_main([str(labels), "--ct", str(other)]) == 2
     assert "different voxel grids" in capsys.readouterr().err
     assert read_volume(labels).array.shape == (8, 8, 8)
+
+
+def test_side_of_is_the_one_side_rule():
+    """Core ROIs, planning and the Slicer module's ROIs and segments all take a kidney's side from here."""
+    from BiSCSegmentationLib.roi import CROSSING_MM, side_of
+    assert side_of(-80.0, -20.0, 0.0) == "right" and side_of(20.0, 80.0, 0.0) == "left"  # LPS +x: patient's left
+    assert side_of(-5.0, -5.0, 0.0) == "right" and side_of(5.0, 5.0, 0.0) == "left"      # a point
+    assert side_of(-60.0, 60.0, 0.0) == "both"                                          # horseshoe
+    assert side_of(-CROSSING_MM + 1, 60.0, 0.0) == "left"         # not far enough over the midline
+    assert side_of(-25.0, 200.0, 0.0) == "left"                   # far enough, but under a quarter of its width
+    assert side_of(50.0, 90.0, 100.0) == "right"                  # relative to the midline, not to 0

@@ -52,6 +52,20 @@ def test_padding_outside_the_field_of_view_is_not_mistaken_for_missing_air():
     assert check_input(ct) == []
 
 
+@pytest.mark.parametrize("values, message", [
+    (lambda a: np.clip((a + 1000) / 1300.0, 0, 1), r"\[0, 1\]"),                       # normalised
+    (lambda a: (a > -500).astype(np.uint8) + (a > 0), "label map"),                    # a mask
+    (lambda a: (a.astype(np.int32) + 1024).astype(np.uint16), "without its rescale"),  # stored values
+    (lambda a: a[:1], "several slices"),
+    (lambda a: a.astype(bool), "numbers"),
+])
+def test_what_is_not_a_ct_in_hu_is_refused(values, message):
+    """The one "is this CT?" check: bisc-segment, the cascade, the Slicer module and the real-CT source
+    builder all call check_input."""
+    with pytest.raises(VolumeError, match=message):
+        check_input(Volume(values(_ct().array), (1.0, 1.0, 3.0)))
+
+
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 100.0), (0.1, 0.1, 1.0), (1.0, 1.0, 11.0)])
 def test_implausible_spacing_is_refused(spacing):
     with pytest.raises(VolumeError, match="spacing"):

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from BiSCSegmentationLib import backends as B
-from BiSCSegmentationLib.cascade import CascadePredictor, canonical_view, resample_view, label_argmax, sliding_window
+from BiSCSegmentationLib.cascade import CascadePredictor, label_argmax, sliding_window
+from BiSCSegmentationLib.resample import resample_linear
 from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.metrics import kits19_case_scores, dice
 from BiSCSegmentationLib.model_file import (StageModel, default_cache_dir, load_bundled, load_model_file,
@@ -51,7 +52,7 @@ from BiSCSegmentationLib.model_file import (StageModel, default_cache_dir, load_
 from BiSCSegmentationLib.network import SCUNetConfig
 from BiSCSegmentationLib.resample import AxisMap, spacing_map
 from BiSCSegmentationLib.roi import rois_from_mask
-from BiSCSegmentationLib.volume import Volume
+from BiSCSegmentationLib.volume import Volume, to_canonical
 
 from machine_limits import flops_per_voxel, log, machine_info
 from processes import RAS_TO_LPS, child_memory, cold_cli, run_child, training_throughput
@@ -223,11 +224,11 @@ def baseline(mset: Dict, spec: str, ct: Volume, gt: Volume) -> Dict:
     rec = Recorder(predictor)
     runner = predictor._runners["fine"]
     t = time.perf_counter()
-    canon, reo = canonical_view(ct)
+    canon, reo = to_canonical(ct)
     sp = fine.fine_spacing
     maps = [spacing_map(n, s_in, s_out) for n, s_in, s_out in
             zip(canon.array.shape, canon.spacing[::-1], sp[::-1])]
-    image = CascadePredictor._normalise(resample_view(canon.array, maps, fill=-1024.0), fine)
+    image = CascadePredictor._normalise(resample_linear(canon.array, maps, fill=-1024.0), fine)
     probs = sliding_window(fine, image, torch.device("cpu"), False, lambda f: None, runner=runner)
     del image
     back = [m.inverse(n) for m, n in zip(maps, canon.array.shape)]
@@ -237,7 +238,7 @@ def baseline(mset: Dict, spec: str, ct: Volume, gt: Volume) -> Dict:
     for z0 in range(0, canon.array.shape[0], step):
         z1 = min(z0 + step, canon.array.shape[0])
         bz = AxisMap(z1 - z0, back[0].start + z0 * back[0].step, back[0].step)
-        view[z0:z1] = label_argmax(resample_view(probs, [bz, back[1], back[2]], fill=None))
+        view[z0:z1] = label_argmax(resample_linear(probs, [bz, back[1], back[2]], fill=None))
     total = time.perf_counter() - t
     net = sum(c[2] for c in rec.calls)
     voxels = sum(float(np.prod(c[1])) for c in rec.calls)

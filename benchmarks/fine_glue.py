@@ -28,8 +28,10 @@ import torch
 
 from scipy import ndimage
 
-from BiSCSegmentationLib.cascade import (AIR_HU, CascadePredictor, canonical_view, fine_grid, label_argmax,
-                                         nearest_to_stored, resample_view, rough_grid, small_components)
+from BiSCSegmentationLib.cascade import (AIR_HU, CascadePredictor, fine_grid, label_argmax,
+                                         nearest_to_stored, rough_grid, small_components)
+from BiSCSegmentationLib.resample import resample_linear
+from BiSCSegmentationLib.volume import to_canonical
 from BiSCSegmentationLib.decision import labels_from_differences as label_from_differences
 from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.model_file import default_cache_dir
@@ -45,18 +47,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     ct, gt = phantom_case(default_cache_dir() / "benchmark" / "phantom", 7, (300, 512, 512), (0.78, 0.78, 1.0))
     predictor = CascadePredictor.bundled(settings=InferenceSettings(device="cpu"))
-    canon, reo = canonical_view(ct)
+    canon, reo = to_canonical(ct)
     work = []
     for roi in rois_from_mask(gt, predictor.fine_model.fine_spacing, min_component_ml=1.0):
         grid, box = fine_grid(canon, roi, predictor.fine_model)
-        image = predictor._normalise(resample_view(canon.array, grid, fill=AIR_HU), predictor.fine_model)
+        image = predictor._normalise(resample_linear(canon.array, grid, fill=AIR_HU), predictor.fine_model)
         probs = predictor._probabilities(predictor.fine_model, image, "fine")
         work.append((probs, [m.inverse(s.stop - s.start, s.start) for m, s in zip(grid, box)]))
 
     def before():
         out = []
         for pr, back in work:
-            labels = label_argmax(resample_view(pr, back, fill=None))
+            labels = label_argmax(resample_linear(pr, back, fill=None))
             comp, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
             sizes = np.bincount(comp.ravel())
             sizes[0] = 0
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
     def after():
         out = []
         for pr, back in work:
-            labels = label_from_differences(resample_view(pr[1:] - pr[:1], back, fill=None))
+            labels = label_from_differences(resample_linear(pr[1:] - pr[:1], back, fill=None))
             drop = small_components(labels)
             if drop is not None:
                 labels[drop] = 0

@@ -26,6 +26,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from BiSCSegmentationLib.quality import check_input
+from BiSCSegmentationLib.volume import VolumeError, from_sitk
+
 MANIFEST = Path(__file__).resolve().parent / "recipes" / "realct_sources.json"
 DEFAULT_MIRROR_ROOT = Path("/work/.mirror")
 USES = ("train", "validate")
@@ -37,7 +40,6 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # Kept apart for independent checks (see docs/realct-data.md): never rebuild, train or tune on these.
 _IRCADB = re.compile(r"ircad", re.I)
 _KITS19_TEST = re.compile(r"case_00(16[89]|1[7-9]\d|20\d)\b")
-AIR_HU_RANGE = (-1100.0, -900.0)  # 1st percentile of the non-padding voxels of a CT in HU
 PADDING_HU = -1500.0  # below this: scanner padding (-2048, -3024), not tissue or air
 
 
@@ -229,14 +231,20 @@ def image_from_blobs(blobs: Dict[str, bytes], fmt: str, tmp: Path) -> sitk.Image
 
 
 def check_hu(ct: sitk.Image) -> Dict[str, float]:
-    """A CT in Hounsfield units has its air at about -1000: catch raw stored values or a wrong rescale."""
+    """Refuse what bisc-segment would not take as a CT in Hounsfield units (``quality.check_input``), or one with
+    no air near -1000 HU (its INPUT_NO_AIR: raw stored values, a wrong rescale, or cropped inside the body);
+    returns the table's air (1st percentile of the non-padding voxels) and median HU."""
+    try:
+        warnings = check_input(from_sitk(ct))
+    except VolumeError as exc:
+        raise VerificationError(f"not a CT in HU: {exc}") from exc
+    if any(w.code == "INPUT_NO_AIR" for w in warnings):
+        raise VerificationError("no air near -1000 HU, so this is not a CT in HU (or it is cropped inside the body)")
     a = sitk.GetArrayViewFromImage(ct)
     real = a[a > PADDING_HU]
     if real.size < 0.5 * a.size:
         raise VerificationError("more than half of the voxels are padding (< -1500 HU)")
     p1, p50 = (float(v) for v in np.percentile(real, [1, 50]))
-    if not AIR_HU_RANGE[0] <= p1 <= AIR_HU_RANGE[1]:
-        raise VerificationError(f"1st percentile {p1:.0f}: air is not near -1000 HU, so this is not a CT in HU")
     return {"air_p1_hu": p1, "median_hu": p50}
 
 

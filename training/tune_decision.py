@@ -27,13 +27,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from BiSCSegmentationLib.cascade import CascadePredictor, canonical_view, finish_case, roi_labels
+from BiSCSegmentationLib.cascade import CascadePredictor, finish_case, roi_labels
 from BiSCSegmentationLib.decision import ISLAND_FRACTION, Decision, case_step_maps
 from BiSCSegmentationLib.errors import NoKidneyFound
 from BiSCSegmentationLib.inference_settings import InferenceSettings
 from BiSCSegmentationLib.model_file import load_model_file, save_model_file, sha256_of
-from BiSCSegmentationLib.outputs import write_json
-from BiSCSegmentationLib.volume import Volume
+from BiSCSegmentationLib.outputs import replace_file, write_json
+from BiSCSegmentationLib.volume import Volume, to_canonical
 
 from . import data as D
 from .data import pick_cases
@@ -47,7 +47,7 @@ def restored_differences(predictor: CascadePredictor, ct: Volume, rois=None) -> 
     """The canonical CT and, per ROI (default: those the rough stage finds), the cascade's own
     ``(box, restored (p1 - p0, p2 - p0))``, on the ROI as the cascade grows it (``roi_growth``) under the
     predictor's own fine rule: every rule of the grid is then scored on those boxes."""
-    canon, _ = canonical_view(ct)
+    canon, _ = to_canonical(ct)
     if rois is None:
         try:
             rois = predictor.locate(ct).rois
@@ -115,7 +115,7 @@ def _score(case: str):
         from BiSCSegmentationLib.phantom import synthesize_ct
         labels = D.read_labels(_WORKER["kits"] / case / "segmentation.nii.gz")
         ct = synthesize_ct(labels, seed=int(case[-5:]) + _WORKER["offset"])
-    gt = canonical_view(labels)[0].array
+    gt = to_canonical(labels)[0].array
     predictor, scores, done = _WORKER["predictor"], {}, []  # done: (ROIs, their scores)
     for rough in _WORKER["rough_decisions"]:
         predictor.rough_decision = rough
@@ -287,9 +287,7 @@ def write_models(folder: Path, rough, fine, best, cases, seed_offset, table, for
               "scores": table}
     for model, decision, name in ((rough, best[0], "rough.pt"), (fine, best[1], "fine.pt")):
         if decision == model.decision and name == "rough.pt":
-            tmp = folder / (name + ".part")
-            shutil.copyfile(model.path, tmp)
-            tmp.replace(folder / name)
+            replace_file(folder / name, lambda tmp: shutil.copyfile(model.path, tmp))
         else:
             model.training = {**model.training, "decision_tuning": {
                 "from_sha256": model.sha256, "previous": model.decision.to_dict(), **record}}

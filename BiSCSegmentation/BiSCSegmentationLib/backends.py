@@ -34,6 +34,7 @@ from .errors import InputError
 from .inference_settings import BACKEND_CHOICES, BACKEND_NAMES, PRECISIONS  # noqa: F401 (re-export)
 from .model_file import StageModel, default_cache_dir
 from .network import SCUNet, UpGroup
+from .outputs import replace_file
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 BACKENDS = BACKEND_NAMES
@@ -247,10 +248,17 @@ class OpenVINOBackend:
             m = self.convert(model)
             try:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
-                tmp_xml = xml.with_name(f"{xml.stem}.{os.getpid()}.tmp.xml")
-                self.ov.save_model(m, str(tmp_xml), compress_to_fp16=False)
-                os.replace(tmp_xml.with_suffix(".bin"), binf)
-                os.replace(tmp_xml, xml)
+
+                def save(tmp_xml: Path) -> None:  # the IR's weights sit beside it: placed first, then the .xml
+                    weights = tmp_xml.with_suffix(".bin")
+                    try:
+                        self.ov.save_model(m, str(tmp_xml), compress_to_fp16=False)
+                        replace_file(binf, lambda tmp_bin: os.replace(weights, tmp_bin))
+                    finally:
+                        with contextlib.suppress(FileNotFoundError):
+                            weights.unlink()
+
+                replace_file(xml, save)
             except OSError as exc:  # read-only or full cache: still usable, just not cached
                 self.notes.append(f"export not cached ({exc.__class__.__name__})")
             self.last_export[key] = "converted"

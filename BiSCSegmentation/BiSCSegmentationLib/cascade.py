@@ -29,11 +29,10 @@ from .inference_settings import InferenceSettings
 from .limits import allocation_guard, check_fine_stage, check_rough_stage
 from .model_file import StageModel, load_bundled, load_model_file
 from .quality import QualityWarning, check_input, check_result, merge, roi_warnings
-from .resample import (AxisMap, covering_map, nearest_to_stored, resample_linear, resample_view,
-                       spacing_map)
+from .resample import AxisMap, covering_map, nearest_to_stored, resample_linear, spacing_map
 from .roi import (MAX_ROI_SIDE_MM, KidneyROI, check_roi, distinct_rois, grow_roi, roi_index_bounds, rois_from_mask,
                   touched_faces)
-from .volume import Reorientation, Volume, canonical_reorientation
+from .volume import Reorientation, Volume, to_canonical
 from .windows import run_network, sliding_window
 
 ProgressCallback = Callable[[str, float], None]
@@ -202,12 +201,12 @@ class CascadePredictor:
         self.warnings = self._check_input(ct)
         t0 = time.perf_counter()
         self._report("rough", 0.0)
-        canon, reo = canonical_view(ct)
+        canon, reo = to_canonical(ct)
         g = self.rough_model.grid
         nz, ny, nx = canon.array.shape
         maps = rough_grid(canon, int(g["inplane_size"]), float(g["z_spacing"]))
         check_rough_stage(canon, [m.n_out for m in maps], self.rough_model)
-        image = resample_view(canon.array, maps, fill=AIR_HU)
+        image = resample_linear(canon.array, maps, fill=AIR_HU)
         image = self._normalise(image, self.rough_model)
         probs = self._probabilities(self.rough_model, image, "rough", (0.0, 0.9))
         release = getattr(self._runner(self.rough_model), "release", None)
@@ -243,7 +242,7 @@ class CascadePredictor:
         if problems:
             raise ROIError("; ".join(problems))
         t0 = time.perf_counter()
-        canon, reo = canonical_view(ct)
+        canon, reo = to_canonical(ct)
         check_fine_stage(rois, lambda r: fine_grid(canon, r, self.fine_model), ct.array.size, self.fine_model,
                          self.decision.has_case_steps)
         out_stored = np.zeros(ct.array.shape, dtype=np.uint8)
@@ -308,7 +307,7 @@ class CascadePredictor:
         """The fine network's (p1 - p0, p2 - p0) for one ROI, restored onto the canonical CT's voxels it covers:
         (slices of canon.array, tensor (2, ...)). Everything a decision rule needs (decision.py)."""
         grid, box = fine_grid(canon, roi, self.fine_model)
-        image = resample_view(canon.array, grid, fill=AIR_HU)
+        image = resample_linear(canon.array, grid, fill=AIR_HU)
         image = self._normalise(image, self.fine_model)
         probs = self._probabilities(self.fine_model, image, "fine", span)
         back = [m.inverse(s.stop - s.start, s.start) for m, s in zip(grid, box)]
@@ -320,12 +319,7 @@ class CascadePredictor:
         # Interpolation is linear, so restoring p1 - p0 and p2 - p0 gives the labels of the restored
         # probabilities (either decision rule) with two channels instead of three (a third less of the
         # largest glue step).
-        diff = probs[1:] - probs[:1]
-        if diff.device.type == "cpu":
-            restored = resample_view(diff, back, fill=None)
-        else:
-            restored = resample_linear(diff, back, fill=None, antialias=True, device=str(diff.device))
-        return box, restored
+        return box, resample_linear(probs[1:] - probs[:1], back, fill=None)
 
     def predict(self, ct: Volume) -> CascadeResult:
         """Both stages; raises NoKidneyFound when the rough stage finds nothing."""
@@ -337,19 +331,6 @@ class CascadePredictor:
 
 
 # ---------------------------------------------------------------------------------------------------- glue
-def canonical_view(ct: Volume) -> Tuple[Volume, Reorientation]:
-    """Like ``volume.to_canonical`` but the array is a view of ``ct.array`` (no copy of the whole CT)."""
-    r = canonical_reorientation(ct.direction)
-    size = np.array(ct.size_ijk)
-    new_dir, new_spacing, corner = np.zeros((3, 3)), [0.0, 0.0, 0.0], np.zeros(3)
-    for n in range(3):
-        a, p = 2 - r.axes[n], 2 - n
-        new_dir[:, p] = (-1.0 if r.flips[n] else 1.0) * ct.direction[:, a]
-        new_spacing[p] = ct.spacing[a]
-        corner[a] = size[a] - 1 if r.flips[n] else 0
-    return Volume(r.apply(ct.array), tuple(new_spacing), tuple(ct.index_to_physical(corner)), new_dir), r
-
-
 def foreground_entropy(probs: torch.Tensor) -> Tuple[float, int]:
     """(mean entropy of the class probabilities, normalised to 0-1, over the voxels more likely kidney or tumor
     than background; their number): how unsure the network is of what it labels."""
@@ -422,15 +403,9 @@ def small_components(labels: np.ndarray, min_fraction: float = ISLAND_FRACTION) 
     neighbouring organ). The ROI is centred on one kidney, so its kidney is the dominant structure; the
     paper's connected-component step (Sec. 2.2) applied to the fine output. The fraction is the fine model's
     ``Decision.min_island_fraction``."""
-    from scipy import ndimage
+    from .metrics import components_in_box
 
-    fg = labels > 0
-    box = ndimage.find_objects(fg.view(np.uint8))
-    if not box:
-        return None
-    # components are labelled inside the foreground's bounding box only: the kidney fills a fraction of
-    # its ROI, and labelling is the costliest step here
-    comp, n = ndimage.label(fg[box[0]], structure=np.ones((3, 3, 3), bool))
+    box, comp, n = components_in_box(labels > 0)
     if n <= 1:
         return None
     sizes = np.bincount(comp.ravel())
@@ -440,7 +415,7 @@ def small_components(labels: np.ndarray, min_fraction: float = ISLAND_FRACTION) 
     if not drop.any():
         return None
     out = np.zeros(labels.shape, dtype=bool)
-    out[box[0]] = drop[comp]
+    out[box] = drop[comp]
     return out
 
 

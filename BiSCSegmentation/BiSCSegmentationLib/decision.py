@@ -191,32 +191,28 @@ def relabel_tumor_components(labels: np.ndarray, voxel_ml: float, min_ml: float 
     (p(tumor) on ``labels``' grid, float in 0..1 or uint8 in 0..255) is under ``min_probability``, become
     kidney, except the largest. ``labels`` (and ``probability``) may be views (the cascade passes canonical
     views of its output). Returns how many voxels changed."""
-    from scipy import ndimage
+    from .metrics import components_in_box
 
     use_probability = min_probability > 0
     if min_ml <= 0 and not use_probability:
         return 0
     if use_probability and (probability is None or probability.shape != labels.shape):
         raise ValueError("min_probability needs a tumor probability map with the labels' shape")
-    tumor = labels == 2
-    box = ndimage.find_objects(tumor.view(np.uint8))
-    if not box:
-        return 0
-    comp, n = ndimage.label(tumor[box[0]], structure=np.ones((3, 3, 3), bool))
+    box, comp, n = components_in_box(labels == 2)
     if n <= 1:
         return 0
     sizes = np.bincount(comp.ravel())
     sizes[0] = 0
     drop = sizes * float(voxel_ml) < float(min_ml)
     if use_probability:
-        p = probability[box[0]]
+        p = probability[box]
         scale = 255.0 if p.dtype == np.uint8 else 1.0
         drop |= _component_sums(comp, p, n) < float(min_probability) * scale * sizes
     drop[0] = False
     drop[int(np.argmax(sizes))] = False
     if not drop.any():
         return 0
-    region = labels[box[0]]
+    region = labels[box]
     change = drop[comp]
     region[change] = 1
     return int(np.count_nonzero(change))

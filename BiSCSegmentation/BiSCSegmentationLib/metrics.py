@@ -71,6 +71,19 @@ def _bbox(mask: np.ndarray) -> Optional[Tuple[slice, slice, slice]]:
     return tuple(box)
 
 
+def components_in_box(mask: np.ndarray) -> Tuple[Optional[Tuple[slice, ...]], Optional[np.ndarray], int]:
+    """26-connected components of a bool ``mask``, labelled inside its bounding box only (labelling is the
+    costliest step, and a kidney fills a small part of a CT or an ROI): ``(box, components, count)`` where
+    ``components`` (int32, numbered 1..count in raster order, 0 elsewhere) covers ``mask[box]``;
+    ``(None, None, 0)`` when the mask is empty."""
+    found = ndimage.find_objects(mask.view(np.uint8))
+    if not found:
+        return None, None, 0
+    box = found[0]
+    comp, count = ndimage.label(mask[box], structure=_FULL)
+    return box, comp, int(count)
+
+
 def surface_voxels(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with at least one face neighbour outside it (outside the array counts as outside)."""
     m = _bool(mask)
@@ -181,10 +194,9 @@ def roi_containment(reference, rois: Sequence, min_share: float = 0.05) -> Dict[
     ``roi_containment_kidney`` (one) or ``roi_containment_kidney_N`` (largest first). None: no kidney.
     """
     m = np.asarray(reference.array) > 0
-    box = _bbox(m)
+    box, comp, _ = components_in_box(m)
     if box is None:
         return {"roi_containment": None}
-    comp, _ = ndimage.label(m[box], structure=_FULL)
     kji = np.argwhere(m[box]) + np.array([b.start for b in box])
     which = comp[m[box]]                                   # same (C) order as argwhere
     lps = reference.index_to_physical(kji[:, ::-1].astype(np.float64))
@@ -312,10 +324,9 @@ def tumor_components(labels, spacing: Optional[Sequence[float]] = None, directio
     arr = labels.array if isinstance(labels, Volume) else np.asarray(labels)
     m, s, d = _geometry(labels, spacing, direction)
     m = arr == label
-    box = _bbox(m)
+    box, comp, count = components_in_box(m)   # cropped: whole-CT arrays are slow to scan
     if box is None:
         return []
-    comp, count = ndimage.label(m[box], structure=_FULL)   # cropped: whole-CT arrays are slow to scan
     slices = ndimage.find_objects(comp)
     subs = [comp[sl] == n + 1 for n, sl in enumerate(slices)]
     voxels = np.array([int(np.count_nonzero(sub)) for sub in subs])
@@ -342,5 +353,5 @@ def tumor_components(labels, spacing: Optional[Sequence[float]] = None, directio
 
 
 __all__ = ["dice", "kits19_case_scores", "surface_voxels", "surface_distances", "surface_dice", "surface_dices",
-           "case_metrics", "roi_containment", "tolerance_label", "volume_ml", "largest_diameter_mm", "largest_diameter",
+           "case_metrics", "components_in_box", "roi_containment", "tolerance_label", "volume_ml", "largest_diameter_mm", "largest_diameter",
            "tumor_components"]

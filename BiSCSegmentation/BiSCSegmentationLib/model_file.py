@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
 import pickle
 import urllib.request
@@ -29,7 +28,8 @@ import torch
 from .decision import Decision
 from .errors import ModelError
 from .network import SCUNet, SCUNetConfig
-from .outputs import write_file
+from .outputs import replace_file, write_file
+from .registry import BUNDLED_DIR, read_registry
 from .volume import unreadable
 
 FORMAT = "bisc-unet-model"
@@ -37,8 +37,6 @@ FORMAT_VERSION = 1
 STAGES = ("rough", "fine")
 LABELS = {"0": "background", "1": "kidney", "2": "tumor"}
 KITS19_INTENSITY = {"clip": [-79.0, 304.0], "mean": 101.0, "std": 76.9}  # nnU-Net's KiTS19 CT statistics
-BUNDLED_DIR = Path(__file__).resolve().parent / "models"
-REGISTRY = BUNDLED_DIR / "models.json"
 
 
 class ModelFileError(ModelError):
@@ -196,14 +194,12 @@ def load_model_file(path, expected_sha256: Optional[str] = None, stage: Optional
 
 
 # ------------------------------------------------------------------------------------------ bundled models
-def registry() -> Dict:
-    if not REGISTRY.is_file():
-        raise ModelFileError(f"{REGISTRY}: the bundled model list is missing; reinstall BiSCSegmentation")
-    return json.loads(REGISTRY.read_text())
+def bundled_model_names() -> List[str]:
+    return sorted(read_registry(ModelFileError)["models"])
 
 
 def bundled_entry(name: Optional[str] = None) -> Tuple[str, Dict]:
-    reg = registry()
+    reg = read_registry(ModelFileError)
     name = name or reg["default"]
     if name not in reg["models"]:
         raise ModelFileError(f"no bundled model named {name!r}; available: {', '.join(sorted(reg['models']))}")
@@ -244,8 +240,8 @@ def download_model(url: str, sha256: str, cache_dir=None, progress: Optional[Cal
     target = cache / f"{sha256[:12]}-{name}"
     if target.is_file() and sha256_of(target) == sha256.lower():
         return target
-    tmp = target.with_name(target.name + ".part")
-    try:
+
+    def fetch(tmp: Path) -> None:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0)
             done = 0
@@ -257,15 +253,15 @@ def download_model(url: str, sha256: str, cache_dir=None, progress: Optional[Cal
                 done += len(chunk)
                 if progress:
                     progress(done, total)
+        got = sha256_of(tmp)
+        if got != sha256.lower():
+            raise ModelFileError(f"download of {url} has SHA-256 {got[:16]}..., expected {sha256[:16]}...; not used")
+
+    try:
+        replace_file(target, fetch)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ModelFileError(f"cannot download {url} ({exc}); check the address or the network, or browse to "
                              f"a local model file instead") from exc
-    got = sha256_of(tmp)
-    if got != sha256.lower():
-        tmp.unlink(missing_ok=True)
-        raise ModelFileError(f"download of {url} has SHA-256 {got[:16]}..., expected {sha256[:16]}...; not used")
-    os.replace(tmp, target)
     return target
 
 

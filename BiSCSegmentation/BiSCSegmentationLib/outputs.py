@@ -464,6 +464,25 @@ def write_file(path, write: Writer, verify: Optional[Verifier] = None, force: bo
     return out.commit()[0]
 
 
+def replace_file(path, write: Writer) -> Path:
+    """Write one file in place of ``path`` atomically: ``write(tmp)`` fills a hidden temporary file beside it,
+    which is flushed to disk (fsync) and renamed over ``path`` (replacing any file there), then the folder is
+    flushed. If ``write`` raises, the temporary file is removed and ``path`` is as it was. No existence check,
+    no read-back, no folder is made: for caches, downloads and files exchanged between processes (outputs a
+    user asked for go through :class:`OutputSet` / :func:`write_file`)."""
+    path = Path(path)
+    tmp = temp_sibling(path)
+    try:
+        write(tmp)
+        _sync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    _sync_folder(path.parent)
+    return path
+
+
 def write_json(path, doc, force: bool = False, description: str = "JSON file", indent: Optional[int] = 2) -> Path:
     return write_file(path, *json_output(doc, indent), force=force, description=description)
 
@@ -475,5 +494,5 @@ def check_targets(paths: Iterable[Tuple[str, Path]], force: bool, hint: str = DE
 
 
 __all__ = ["OutputSet", "OutputError", "OutputExistsError", "Interrupted", "signals_as_interrupts", "check_target",
-           "check_targets", "folder_problem", "temp_sibling", "write_file", "write_json", "image_output",
+           "check_targets", "folder_problem", "temp_sibling", "replace_file", "write_file", "write_json", "image_output",
            "json_output", "text_output", "make_readable_like_new_file"]

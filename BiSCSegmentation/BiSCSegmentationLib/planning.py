@@ -18,9 +18,10 @@ import numpy as np
 from scipy import ndimage
 
 from . import __version__
-from .metrics import _FULL, _bbox, _farthest_pair, _hull_indices, largest_diameter
+from .metrics import _FULL, _bbox, _farthest_pair, _hull_indices, components_in_box, largest_diameter
 from .nephrometry import KidneyBox, renal_score, size_category
 from .quality import MIN_KIDNEY_ML, QualityWarning, WARNING
+from .roi import side_of
 from .volume import Volume, VolumeError, to_canonical
 
 PLAN_FORMAT = "bisc-segmentation-plan"
@@ -106,10 +107,6 @@ def _midline(volume: Volume, ct: Optional[Volume]) -> Tuple[float, str]:
     return float(volume.index_to_physical(corners)[:, 0].mean()), "centre of the image (no CT given)"
 
 
-def _side(x: float, midline: float) -> str:
-    return "left" if x > midline else "right"   # LPS: x grows towards the patient's left
-
-
 def axial_diameter(mask: np.ndarray, spacing_kji) -> Tuple[float, Optional[int], Optional[np.ndarray]]:
     """Largest in-slice diameter over the axial slices (numpy axis 0) of a canonical mask: (mm, slice, end
     points as two (k, j, i) rows), voxel centre to centre as in :func:`metrics.largest_diameter_mm`."""
@@ -173,12 +170,11 @@ def analyse(labels: Volume, ct: Optional[Volume] = None, min_tumor_ml: float = M
     sp = np.asarray(canon.spacing[::-1], dtype=np.float64)          # (k, j, i)
     voxel_ml = canon.voxel_volume_ml
     m44 = canon.index_to_physical_matrix()
-    outer = _bbox(a > 0)
+    outer, comp, _ = components_in_box(a > 0)
     if outer is None:
         plan.warnings.append(QualityWarning("PLAN_NO_KIDNEY", WARNING, "the label map holds no kidney or tumor"))
         return plan
     off = np.array([s.start for s in outer])
-    comp, _ = ndimage.label(a[outer] > 0, structure=_FULL)
     objects = ndimage.find_objects(comp)
     counts = np.bincount(comp.ravel())
     kidney_ids = [n for n in range(1, len(counts)) if counts[n] * voxel_ml >= MIN_KIDNEY_ML]
@@ -199,7 +195,7 @@ def analyse(labels: Volume, ct: Optional[Volume] = None, min_tumor_ml: float = M
         x_lps = kb.lps_sample(kb.labels > 0)[:, 0]
         fused = min(np.mean(x_lps > plan.midline_x_lps), np.mean(x_lps < plan.midline_x_lps)) > 0.25
         kidneys[n] = {"box": kb, "start": start, "centroid": c_lps, "fused": bool(fused), "cache": {},
-                      "doc": {"side": "both (fused)" if fused else _side(c_lps[0], plan.midline_x_lps),
+                      "doc": {"side": "both (fused)" if fused else side_of(c_lps[0], c_lps[0], plan.midline_x_lps),
                               "volume_ml": round(counts[n] * voxel_ml, 2),
                               "parenchyma_ml": round(float(np.count_nonzero(kb.labels == 1)) * voxel_ml, 2),
                               "tumor_volume_ml": round(float(np.count_nonzero(kb.labels == 2)) * voxel_ml, 2),
@@ -250,7 +246,7 @@ def analyse(labels: Volume, ct: Optional[Volume] = None, min_tumor_ml: float = M
             kid = kidneys[host]
             kid["doc"]["tumor_count"] += 1
             doc["kidney"] = kid["number"]
-            doc["side"] = _side(c_lps[0], plan.midline_x_lps) if kid["fused"] else kid["doc"]["side"]
+            doc["side"] = side_of(c_lps[0], c_lps[0], plan.midline_x_lps) if kid["fused"] else kid["doc"]["side"]
             if renal:
                 kb = kid["box"]
                 local = np.zeros(kb.labels.shape, bool)
@@ -258,7 +254,7 @@ def analyse(labels: Volume, ct: Optional[Volume] = None, min_tumor_ml: float = M
                 local[tuple(slice(int(r), int(r) + n) for r, n in zip(rel, mask.shape))] = mask
                 doc["renal"] = renal_score(kb, local, d3, kid["cache"])
         else:
-            doc["side"] = _side(c_lps[0], plan.midline_x_lps)
+            doc["side"] = side_of(c_lps[0], c_lps[0], plan.midline_x_lps)
             doc["renal"] = {"R": None, "E": None, "N": None, "A": None, "L": None, "score": None,
                             "complexity": None, "notation": "?",
                             "raw": {"reason": f"not computed: the tumor lies in a kidney fragment under "

@@ -200,6 +200,7 @@ def check_result(labels: np.ndarray, ct: np.ndarray, spacing_zyx: Sequence[float
     Arrays are in canonical order (z, y, x pointing S, P, L), as the cascade holds them."""
     from scipy import ndimage
 
+    from .metrics import components_in_box
     from .roi import touched_faces
 
     spacing_zyx = tuple(float(s) for s in spacing_zyx)
@@ -209,13 +210,12 @@ def check_result(labels: np.ndarray, ct: np.ndarray, spacing_zyx: Sequence[float
     union = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3)) \
         if boxes else tuple(slice(0, n) for n in labels.shape)
     fg_union = labels[union] > 0
-    found = ndimage.find_objects(fg_union.view(np.uint8))
-    if not found:
+    found, comp, n = components_in_box(fg_union)
+    if found is None:
         return out + [QualityWarning("NO_KIDNEY_LABELLED", CRITICAL, "the fine stage labelled no kidney in the "
                                      "ROIs: check that each box is on a kidney")]
-    box = tuple(slice(f.start + u.start, f.stop + u.start) for f, u in zip(found[0], union))
-    sub, sub_labels = labels[box] > 0, labels[box]
-    comp, n = ndimage.label(sub, structure=np.ones((3, 3, 3), bool))
+    box = tuple(slice(f.start + u.start, f.stop + u.start) for f, u in zip(found, union))
+    sub_labels = labels[box]
     sizes = np.bincount(comp.ravel(), minlength=n + 1) * ml
     tumor = np.bincount(comp[sub_labels == 2], minlength=n + 1) * ml  # tumor voxels only (memory)
     kidneys = [i for i in range(1, n + 1) if sizes[i] >= MIN_KIDNEY_ML]

@@ -14,12 +14,13 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import seg_nrrd
 from .outputs import OutputError
 
 A4 = (8.27, 11.69)
 DISCLAIMER = "NOT FOR CLINICAL USE - automatic measurements of a segmentation; check every number on the images."
-KIDNEY_RGB = (185 / 255, 102 / 255, 83 / 255)     # the module's segment colors (cli.SEGMENTS)
-TUMOR_RGB = (144 / 255, 238 / 255, 144 / 255)
+KIDNEY_RGB = tuple(c / 255 for c in seg_nrrd.KIDNEY_RGB)     # the module's segment colors
+TUMOR_RGB = tuple(c / 255 for c in seg_nrrd.MASS_RGB)
 CT_WINDOW = (-160.0, 240.0)                        # abdominal soft-tissue window (level 40, width 400)
 IMAGES_PER_PAGE = 4
 

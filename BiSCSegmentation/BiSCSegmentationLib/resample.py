@@ -6,9 +6,9 @@ Such maps are separable, so linear resampling is three small matrix products (BL
 Python), and when ``step == 1`` with an integer ``start`` it is an exact copy. Downsampling widens the
 triangle kernel to the step (antialiasing), as area averaging would.
 
-``resample_view`` and ``nearest_to_stored`` are the cascade's CPU fast paths on top of this: they read
-straight from a strided view of the stored CT (no copy of the whole volume), slab by slab, with banded
-interpolation matrices, and write labels straight into the stored layout.
+``resample_linear`` reads straight from a strided view of the stored CT (no copy of the whole volume), slab
+by slab, with banded interpolation matrices; ``nearest_to_stored`` writes labels straight into the stored
+layout.
 """
 from __future__ import annotations
 
@@ -78,39 +78,6 @@ def _apply_axis(x: torch.Tensor, mat: torch.Tensor, axis: int) -> torch.Tensor:
     return torch.matmul(mat, moved).movedim(-2, -3)
 
 
-def resample_linear(array, maps: Sequence[AxisMap], fill: float = 0.0, antialias: bool = True,
-                    device: str = "cpu") -> torch.Tensor:
-    """Resample the last three axes of ``array`` (numpy or tensor, ``(..., Z, Y, X)``) to ``maps``.
-
-    Outputs outside the input get ``fill``. Only the input region that the maps touch is read, so cutting
-    a small ROI out of a large CT costs only the ROI's size.
-    """
-    x = torch.as_tensor(np.asarray(array) if not torch.is_tensor(array) else array).to(device, torch.float32)
-    shape_in = x.shape[-3:]
-    mats, insides = [], []
-    crop = []
-    for ax in range(3):
-        mat, inside = linear_weights(shape_in[ax], maps[ax], antialias)
-        cols = np.flatnonzero(mat.any(axis=0))
-        lo, hi = (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, 1)
-        crop.append(slice(lo, hi))
-        mats.append(torch.from_numpy(np.ascontiguousarray(mat[:, lo:hi])).to(device))
-        insides.append(inside)
-    x = x[(Ellipsis,) + tuple(crop)]
-    # shrink the axes that shrink most first: less work for the later products
-    order = sorted(range(3), key=lambda a: maps[a].n_out / max(1, shape_in[a]))
-    for ax in order:
-        x = _apply_axis(x, mats[ax], ax - 3)
-    if fill is not None and not all(i.all() for i in insides):
-        for ax in range(3):
-            bad = np.flatnonzero(~insides[ax])
-            if bad.size:
-                index = [slice(None)] * x.dim()
-                index[x.dim() - 3 + ax] = torch.from_numpy(bad).to(device)
-                x[tuple(index)] = fill
-    return x
-
-
 def resample_nearest(array: np.ndarray, maps: Sequence[AxisMap], fill=0) -> np.ndarray:
     """Nearest-neighbour resampling of the last three axes (for label maps): exact, no new values."""
     array = np.asarray(array)
@@ -128,7 +95,7 @@ def resample_nearest(array: np.ndarray, maps: Sequence[AxisMap], fill=0) -> np.n
     return out
 
 
-# ------------------------------------------------------------------ the cascade's fast paths (CPU, views)
+# ----------------------------------------------------------------------------------- linear, from views
 def _is_copy(m: AxisMap, n_in: int) -> bool:
     """The map only copies input voxels start .. start + n_out - 1 (all inside)."""
     return m.step == 1.0 and float(m.start).is_integer() and m.start >= 0 and m.start + m.n_out <= n_in
@@ -165,11 +132,17 @@ def _apply_banded(x: torch.Tensor, blocks, axis: int) -> torch.Tensor:
     return out
 
 
-def resample_view(array, maps: Sequence[AxisMap], fill: Optional[float] = 0.0,
-                  chunk_voxels: int = 1 << 22) -> torch.Tensor:
-    """``resample.resample_linear`` (antialiased, CPU) for a numpy array or view of any strides, or a tensor
-    ``(..., Z, Y, X)``: only the region the maps touch is read and converted to float32, slabs of z at a time
-    (bounded memory for any CT size), and axes that are exact copies are sliced instead of multiplied."""
+def resample_linear(array, maps: Sequence[AxisMap], fill: Optional[float] = 0.0, device: Optional[str] = None,
+                    chunk_voxels: int = 1 << 22) -> torch.Tensor:
+    """Linear (antialiased) resampling of the last three axes of a numpy array or view of any strides, or a
+    tensor, ``(..., Z, Y, X)``, to ``maps``; float32 on ``device`` (default: the tensor's, or the CPU).
+
+    Outputs outside the input get ``fill`` (None: left as extrapolated). Only the region the maps touch is
+    read and converted to float32, slabs of z at a time (bounded memory for any CT size; cutting a small ROI
+    out of a large CT costs only the ROI's size), and axes that are exact copies are sliced instead of
+    multiplied."""
+    if device is None:
+        device = array.device if torch.is_tensor(array) else "cpu"
     shape = array.shape[-3:]
     if isinstance(array, np.ndarray):
         # a canonical view of a NIfTI-ordered CT runs backwards along y and x: flip such axes (and their maps)
@@ -193,7 +166,7 @@ def resample_view(array, maps: Sequence[AxisMap], fill: Optional[float] = 0.0,
         cols = np.flatnonzero(mat.any(axis=0))
         lo, hi = (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, 1)
         crops.append(slice(lo, hi))
-        mats.append(_banded(mat[:, lo:hi]))
+        mats.append([(r, c, m_.to(device)) for r, c, m_ in _banded(mat[:, lo:hi])])
         insides.append(inside)
     lead = (slice(None),) * (len(array.shape) - 3)
     zc, yc, xc = crops
@@ -204,10 +177,10 @@ def resample_view(array, maps: Sequence[AxisMap], fill: Optional[float] = 0.0,
     for z0 in range(zc.start, zc.stop, slab):
         block = array[lead + (slice(z0, min(z0 + slab, zc.stop)), yc, xc)]
         if torch.is_tensor(block):
-            block = block.to(torch.float32)
+            block = block.to(device, torch.float32)
         else:
             forward = all(st >= 0 for st in block.strides)
-            block = torch.from_numpy(block if forward else np.ascontiguousarray(block)).to(torch.float32)
+            block = torch.from_numpy(block if forward else np.ascontiguousarray(block)).to(device, torch.float32)
         for ax in inplane:
             if mats[ax] is not None:
                 block = _apply_banded(block, mats[ax], ax - 3)
@@ -220,7 +193,7 @@ def resample_view(array, maps: Sequence[AxisMap], fill: Optional[float] = 0.0,
             bad = np.flatnonzero(~insides[ax])
             if bad.size:
                 index = [slice(None)] * x.dim()
-                index[x.dim() - 3 + ax] = torch.from_numpy(bad)
+                index[x.dim() - 3 + ax] = torch.from_numpy(bad).to(device)
                 x[tuple(index)] = fill
     return x.contiguous()
 

@@ -26,6 +26,7 @@ from .outputs import write_json
 from .volume import Volume
 
 SIDES = ("right", "left", "both", "unknown")
+CROSSING_MM = 20.0  # a kidney or box reaching this far over the midline on both sides is "both" (see side_of)
 ROI_FORMAT = "bisc-rois"
 ROI_FORMAT_VERSION = 1
 MIN_ROI_MM = 16.0
@@ -139,7 +140,7 @@ def rois_from_mask(mask: Volume, fine_spacing: Sequence[float], min_component_ml
         extent_vox = (hi - lo + 2 * margin) / fine_spacing
         size = np.array(paper_roi_voxels(extent_vox)) * fine_spacing
         center = (lo + hi) / 2
-        rois.append(KidneyROI(tuple(center), tuple(size), _side(lo, hi, midline_x)))
+        rois.append(KidneyROI(tuple(center), tuple(size), side_of(lo[0], hi[0], midline_x)))
     if len(rois) == 2:
         # two kidneys: name them by their relative position (LPS +x is the patient's left), which holds
         # even when the scan is off-centre and the midline estimate is not
@@ -148,10 +149,15 @@ def rois_from_mask(mask: Volume, fine_spacing: Sequence[float], min_component_ml
     return sorted(rois, key=lambda r: r.center[0])
 
 
-def _side(lo: np.ndarray, hi: np.ndarray, midline_x: float, crossing_mm: float = 20.0) -> str:
-    if lo[0] < midline_x - crossing_mm and hi[0] > midline_x + crossing_mm:
+def side_of(lower_x: float, upper_x: float, midline: float) -> str:
+    """Side of a kidney, a box or a point spanning [lower_x, upper_x] (LPS x; LPS +x is the patient's left):
+    "both" when it reaches over the midline by more than CROSSING_MM and by a quarter of its width on each
+    side (horseshoe kidney), else "right" or "left" by its centre."""
+    width = upper_x - lower_x
+    if lower_x < midline - CROSSING_MM and upper_x > midline + CROSSING_MM and \
+            (upper_x - midline) > 0.25 * width and (midline - lower_x) > 0.25 * width:
         return "both"
-    return "right" if (lo[0] + hi[0]) / 2 < midline_x else "left"
+    return "right" if (lower_x + upper_x) / 2.0 < midline else "left"
 
 
 # ---------------------------------------------------------------------------------------------- ROI vs volume

@@ -1,5 +1,6 @@
-"""3D Slicer segmentation files (.seg.nrrd) written without Slicer: a labelmap NRRD plus Slicer's segment fields,
-with the module's names, colors and terminology (SNOMED CT codes). Used by bisc-segment --seg-nrrd."""
+"""The output segments (names, colors, label values, terminology: defined here once, for the CLI and the Slicer
+module), and 3D Slicer segmentation files (.seg.nrrd) written without Slicer: a labelmap NRRD plus Slicer's
+segment fields. Used by bisc-segment --seg-nrrd."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,39 +12,90 @@ import numpy as np
 from .outputs import OutputSet
 from .volume import Volume, VolumeError
 
-_KIDNEY_TERM = ("Segmentation category and type - 3D Slicer General Anatomy list"
-                "~SCT^123037004^Anatomical Structure~SCT^64033007^Kidney~^^"
-                "~Anatomic codes - DICOM master list~^^~^^")
-_TUMOR_TERM = ("Segmentation category and type - 3D Slicer General Anatomy list"
-               "~SCT^49755003^Morphologically Altered Structure~SCT^4147007^Mass~^^"
-               "~Anatomic codes - DICOM master list~SCT^64033007^Kidney~^^")
+# ------------------------------------------------------------------------------------ the output segments
+# Codes (SNOMED CT, as 3D Slicer's "3D Slicer General Anatomy list" and DICOM's anatomic codes spell them):
+# kidney = category Anatomical Structure (123037004), type Kidney (64033007), type modifier Right (24028007) or
+# Left (7771000); renal tumor = category Morphologically Altered Structure (49755003), type Mass (4147007),
+# anatomic region Kidney (64033007) with the laterality as region modifier. Colors are the lists' recommended
+# display colors. The Slicer module's segments (SIDE_SEGMENTS) and the CLI's .seg.nrrd (SEGMENTS) use these.
+Code = Tuple[str, str, str]  # (coding scheme designator, code value, code meaning)
+
+TYPE_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+REGION_CONTEXT = "Anatomic codes - DICOM master list"
+
+ANATOMICAL_STRUCTURE: Code = ("SCT", "123037004", "Anatomical Structure")
+ALTERED_STRUCTURE: Code = ("SCT", "49755003", "Morphologically Altered Structure")
+KIDNEY: Code = ("SCT", "64033007", "Kidney")
+MASS: Code = ("SCT", "4147007", "Mass")
+RIGHT: Code = ("SCT", "24028007", "Right")
+LEFT: Code = ("SCT", "7771000", "Left")
+NONE: Code = ("", "", "")
+
+KIDNEY_RGB = (185, 102, 83)
+MASS_RGB = (144, 238, 144)
+
+KIDNEY_LABEL = 1   # the cascade's label values
+TUMOR_LABEL = 2
+
+
+def serialize(category: Code, type_: Code, type_modifier: Code, region: Code, region_modifier: Code) -> str:
+    """Slicer's serialized terminology entry (what ``SerializeTerminologyEntry`` writes)."""
+    return "~".join([TYPE_CONTEXT, "^".join(category), "^".join(type_), "^".join(type_modifier), REGION_CONTEXT,
+                     "^".join(region), "^".join(region_modifier)])
 
 
 @dataclass(frozen=True)
-class SegmentInfo:
-    label: int
+class SegmentSpec:
+    """One output segment: its ID, name, side, the cascade label it comes from, its value in the label map it
+    is stored in, color and codes."""
+
     segment_id: str
     name: str
-    color_rgb255: Tuple[int, int, int]
-    terminology: str
+    side: str          # "right" | "left" | "" (both sides: the cascade's own label map)
+    label: int         # KIDNEY_LABEL | TUMOR_LABEL
+    index: int         # value in the stored label map (the side-split one: 1..4)
+
+    @property
+    def is_tumor(self) -> bool:
+        return self.label == TUMOR_LABEL
+
+    @property
+    def laterality(self) -> Code:
+        return {"right": RIGHT, "left": LEFT}.get(self.side, NONE)
+
+    @property
+    def color_rgb255(self) -> Tuple[int, int, int]:
+        return MASS_RGB if self.is_tumor else KIDNEY_RGB
 
     @property
     def color(self) -> Tuple[float, float, float]:
         return tuple(c / 255.0 for c in self.color_rgb255)
 
+    @property
+    def terminology(self) -> str:
+        if self.is_tumor:
+            return serialize(ALTERED_STRUCTURE, MASS, NONE, KIDNEY, self.laterality)
+        return serialize(ANATOMICAL_STRUCTURE, KIDNEY, self.laterality, NONE, NONE)
 
-SEGMENTS = (SegmentInfo(1, "Segment_1", "Kidney", (185, 102, 83), _KIDNEY_TERM),
-            SegmentInfo(2, "Segment_2", "Renal tumor", (144, 238, 144), _TUMOR_TERM))
+
+# the cascade's label map as it is (bisc-segment --seg-nrrd)
+SEGMENTS = (SegmentSpec("Segment_1", "Kidney", "", KIDNEY_LABEL, KIDNEY_LABEL),
+            SegmentSpec("Segment_2", "Renal tumor", "", TUMOR_LABEL, TUMOR_LABEL))
+# split by side (the Slicer module's segments)
+SIDE_SEGMENTS = (SegmentSpec("right_kidney", "Right kidney", "right", KIDNEY_LABEL, 1),
+                 SegmentSpec("left_kidney", "Left kidney", "left", KIDNEY_LABEL, 2),
+                 SegmentSpec("right_renal_tumor", "Right renal tumor", "right", TUMOR_LABEL, 3),
+                 SegmentSpec("left_renal_tumor", "Left renal tumor", "left", TUMOR_LABEL, 4))
 
 
-def seg_nrrd_metadata(array: np.ndarray, segments: Sequence[SegmentInfo] = SEGMENTS) -> Dict[str, str]:
+def seg_nrrd_metadata(array: np.ndarray, segments: Sequence[SegmentSpec] = SEGMENTS) -> Dict[str, str]:
     """The header fields 3D Slicer writes for a one-layer binary-labelmap segmentation (present labels only)."""
     meta = {"Segmentation_MasterRepresentation": "Binary labelmap",
             "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
             "Segmentation_ReferenceImageExtentOffset": "0 0 0"}
     index = 0
     for seg in segments:
-        where = np.nonzero(array == seg.label)  # numpy (k, j, i)
+        where = np.nonzero(array == seg.index)  # numpy (k, j, i)
         if where[0].size == 0:
             continue
         k0, k1 = int(where[0].min()), int(where[0].max())
@@ -53,21 +105,21 @@ def seg_nrrd_metadata(array: np.ndarray, segments: Sequence[SegmentInfo] = SEGME
         meta.update({p + "ID": seg.segment_id, p + "Name": seg.name,
                      p + "Color": " ".join(f"{c:.6g}" for c in seg.color),
                      p + "ColorAutoGenerated": "0", p + "NameAutoGenerated": "0",
-                     p + "LabelValue": str(seg.label), p + "Layer": "0",
+                     p + "LabelValue": str(seg.index), p + "Layer": "0",
                      p + "Extent": f"{i0} {i1} {j0} {j1} {k0} {k1}",
                      p + "Tags": f"Segmentation.Status:inprogress|TerminologyEntry:{seg.terminology}|"})
         index += 1
     return meta
 
 
-def write_seg_nrrd(labels: Volume, path, force: bool = False, segments: Sequence[SegmentInfo] = SEGMENTS) -> Path:
+def write_seg_nrrd(labels: Volume, path, force: bool = False, segments: Sequence[SegmentSpec] = SEGMENTS) -> Path:
     """Write a 3D Slicer segmentation (.seg.nrrd) without Slicer: a labelmap NRRD plus Slicer's segment fields."""
     out = OutputSet(force)
     add_seg_nrrd(out, labels, path, segments)
     return out.commit()[0]
 
 
-def add_seg_nrrd(outputs: OutputSet, labels: Volume, path, segments: Sequence[SegmentInfo] = SEGMENTS) -> Path:
+def add_seg_nrrd(outputs: OutputSet, labels: Volume, path, segments: Sequence[SegmentSpec] = SEGMENTS) -> Path:
     """Add a .seg.nrrd of ``labels`` to a set of outputs (written with the others, or not at all)."""
     path = Path(path)
     if not path.name.lower().endswith(".nrrd"):
@@ -77,4 +129,5 @@ def add_seg_nrrd(outputs: OutputSet, labels: Volume, path, segments: Sequence[Se
                              metadata=seg_nrrd_metadata(array, segments))
 
 
-__all__ = ["SegmentInfo", "SEGMENTS", "seg_nrrd_metadata", "write_seg_nrrd", "add_seg_nrrd"]
+__all__ = ["SegmentSpec", "SEGMENTS", "SIDE_SEGMENTS", "KIDNEY_LABEL", "TUMOR_LABEL", "KIDNEY_RGB", "MASS_RGB",
+           "serialize", "seg_nrrd_metadata", "write_seg_nrrd", "add_seg_nrrd"]

@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import InputError
-from .outputs import OutputSet, make_readable_like_new_file  # noqa: F401 (re-export)
+from .outputs import OutputSet
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -141,9 +141,11 @@ def canonical_reorientation(direction: np.ndarray) -> Reorientation:
 
 
 def to_canonical(volume: Volume) -> Tuple[Volume, Reorientation]:
-    """Reorient losslessly to canonical axes; returns the new volume and the reorientation to undo it."""
+    """Reorient losslessly to canonical axes; returns the new volume and the reorientation to undo it.
+
+    The new volume's array is a view of ``volume.array`` (a transpose with flips: no copy of the whole CT;
+    writing into it writes into ``volume``); ``np.ascontiguousarray`` it where a copy is needed."""
     r = canonical_reorientation(volume.direction)
-    arr = r.apply(volume.array)
     old_shape_ijk = np.array(volume.size_ijk)
     new_dir = np.zeros((3, 3))
     new_spacing = [0.0, 0.0, 0.0]
@@ -156,7 +158,7 @@ def to_canonical(volume: Volume) -> Tuple[Volume, Reorientation]:
         new_spacing[p] = volume.spacing[a]
         corner[a] = old_shape_ijk[a] - 1 if r.flips[n] else 0
     origin = volume.index_to_physical(corner)
-    return Volume(np.ascontiguousarray(arr), tuple(new_spacing), tuple(origin), new_dir), r
+    return Volume(r.apply(volume.array), tuple(new_spacing), tuple(origin), new_dir), r
 
 
 def from_canonical(array: np.ndarray, reference: Volume, reorientation: Reorientation) -> Volume:

@@ -126,12 +126,13 @@ class BiSCLogic:
             ct = volume_from_node(volume_node)
         except SceneError as exc:
             raise WorkflowError(str(exc)) from exc
-        a = ct.array
-        if a.dtype.kind not in "iuf" or min(a.shape) < 2:
-            raise WorkflowError(f"{volume_node.GetName()} is not a 3D CT volume with several slices.")
-        if a.size and float(a.min()) >= 0 and float(a.max()) <= 1:
-            raise WorkflowError(f"{volume_node.GetName()} holds values in [0, 1]: not a CT in Hounsfield units "
-                                f"(a mask or a normalised image?). Select the original CT.")
+        from BiSCSegmentationLib.quality import check_input
+        from BiSCSegmentationLib.volume import VolumeError
+
+        try:
+            check_input(ct)  # what bisc-segment and the cascade refuse, refused before a job starts
+        except VolumeError as exc:
+            raise WorkflowError(f"{volume_node.GetName()}: {exc}") from exc
         return ct
 
     def _start(self, task: str, volume_node, options: Options, rois=()) -> Run:

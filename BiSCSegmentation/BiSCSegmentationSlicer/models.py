@@ -7,7 +7,6 @@ until a model is actually loaded.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -19,29 +18,27 @@ _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 def registry_path() -> Path:
-    import BiSCSegmentationLib  # the package's __init__ is light (no torch)
+    from BiSCSegmentationLib.registry import REGISTRY  # light: no torch
 
-    return Path(BiSCSegmentationLib.__file__).resolve().parent / "models" / "models.json"
+    return REGISTRY
+
+
+def _registry() -> dict:
+    from BiSCSegmentationLib.registry import read_registry
+
+    try:
+        return read_registry()
+    except (OSError, ValueError):   # none shipped, or unreadable: no bundled model to offer
+        return {}
 
 
 def bundled_models() -> Dict[str, dict]:
     """{name: entry} of the bundled model list (empty when the package ships none)."""
-    path = registry_path()
-    if not path.is_file():
-        return {}
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return dict(doc.get("models") or {})
+    return dict(_registry().get("models") or {})
 
 
 def default_bundled() -> str:
-    path = registry_path()
-    try:
-        return str(json.loads(path.read_text()).get("default") or "")
-    except (OSError, ValueError):
-        return ""
+    return str(_registry().get("default") or "")
 
 
 @dataclass

@@ -23,13 +23,12 @@ import csv
 import hashlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from BiSCSegmentationLib.volume import make_readable_like_new_file
+from BiSCSegmentationLib.outputs import replace_file
 
 from . import terminology as term
 from .scene import SceneContext, SceneError, place_beside
@@ -288,18 +287,15 @@ def write_csv(rows: List[PlanningRow], path, digits: int = 2) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise SceneError(f"{folder}: no such folder")
-    fd, tmp = tempfile.mkstemp(prefix=".planning.", suffix=".csv.part", dir=folder)
-    try:
-        make_readable_like_new_file(tmp)
-        with os.fdopen(fd, "w", newline="") as f:
+
+    def write(tmp) -> None:
+        with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(COLUMNS)
             for row in rows:
                 writer.writerow(row.cells(digits))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    replace_file(path, write)
     return path
 
 

@@ -33,7 +33,6 @@ EDIT_TOLERANCE_MM = 1e-3
 SIDE_COLORS = {"right": (0.95, 0.55, 0.2), "left": (0.25, 0.6, 0.95), "both": (0.85, 0.35, 0.85),
                "unknown": (0.9, 0.9, 0.3)}
 DEFAULT_SIZE_MM = (120.0, 120.0, 160.0)   # a generous box around one adult kidney
-CROSSING_MM = 20.0                        # a box reaching this far over the midline on both sides is "both"
 
 
 @dataclass
@@ -84,14 +83,6 @@ def midline_x(volume_node, ct=None) -> float:
     value = body_midline_x(ct)
     volume_node.SetAttribute(MIDLINE_ATTRIBUTE, repr(value))
     return value
-
-
-def side_of(lower_x: float, upper_x: float, midline: float) -> str:
-    """Side of a box spanning [lower_x, upper_x] (LPS x): LPS +x is the patient's left."""
-    if lower_x < midline - CROSSING_MM and upper_x > midline + CROSSING_MM and \
-            (upper_x - midline) > 0.25 * (upper_x - lower_x) and (midline - lower_x) > 0.25 * (upper_x - lower_x):
-        return "both"
-    return "right" if (lower_x + upper_x) / 2.0 < midline else "left"
 
 
 def roi_name(side: str) -> str:
@@ -275,6 +266,8 @@ def show_grown(ctx: SceneContext, volume_node, requested: Sequence, used: Sequen
 def update_side(node, midline: float) -> str:
     """Re-derive the node's side from where it is now; recolor it when the side changed, and rename it too
     unless the person gave it a name of their own (a name that is no automatic one is kept)."""
+    from BiSCSegmentationLib.roi import side_of  # the core's rule (scipy: imported when used, not at start-up)
+
     center, size, _ = node_box_lps(node)
     side = side_of(center[0] - size[0] / 2.0, center[0] + size[0] / 2.0, midline)
     old = node.GetAttribute(SIDE_ATTRIBUTE)

@@ -33,9 +33,7 @@ def make_sample_files(folder: str, seed: int = SEED) -> str:
     os.makedirs(folder, exist_ok=True)
     ct, labels = phantom.make_case(seed)
     for volume, path in ((labels, labels_path), (ct, ct_path)):
-        tmp = path + ".part.nrrd"
-        write_volume(volume, tmp)
-        os.replace(tmp, path)
+        write_volume(volume, path, force=True)  # atomic: a temporary file beside it, renamed
     return ct_path
 
 

@@ -48,25 +48,22 @@ def assign_sides(labels, rois: Sequence, midline: float) -> np.ndarray:
     sides (horseshoe kidney, or a result that merged both kidneys), one in a "both" ROI, and one in no
     right/left ROI are split voxel by voxel at the midline.
     """
-    from .rois import CROSSING_MM
+    from BiSCSegmentationLib.metrics import components_in_box
+    from BiSCSegmentationLib.roi import side_of
     from scipy import ndimage
 
     fg = np.asarray(labels.array) > 0
     sides = np.zeros(fg.shape, np.uint8)
-    ks = np.flatnonzero(fg.any(axis=(1, 2)))
-    if not len(ks):
+    box, comp, count = components_in_box(fg)   # inside the foreground's box: a whole-CT scan per structure is slow
+    if box is None:
         return sides
-    js = np.flatnonzero(fg[ks[0]:ks[-1] + 1].any(axis=(0, 2)))
-    iz = np.flatnonzero(fg[ks[0]:ks[-1] + 1].any(axis=(0, 1)))
-    box = (slice(ks[0], ks[-1] + 1), slice(js[0], js[-1] + 1), slice(iz[0], iz[-1] + 1))
-    comp, count = ndimage.label(fg[box], structure=np.ones((3, 3, 3), bool))   # inside the foreground's box:
-    for n, sl in enumerate(ndimage.find_objects(comp), start=1):             # a whole-CT scan per structure
-        kji_idx = np.argwhere(comp[sl] == n) + np.array([box[a].start + sl[a].start for a in range(3)])  # is slow
+    for n, sl in enumerate(ndimage.find_objects(comp), start=1):
+        kji_idx = np.argwhere(comp[sl] == n) + np.array([box[a].start + sl[a].start for a in range(3)])
         c_lps = labels.index_to_physical(kji_idx.mean(axis=0)[::-1])
         candidates = [r for r in rois if r.contains(c_lps[None])[0]]
         best = min(candidates, key=lambda r: float(np.linalg.norm(np.asarray(r.center) - c_lps)), default=None)
         x = labels.index_to_physical(kji_idx[:, ::-1].astype(float))[:, 0]
-        crosses = x.min() < midline - CROSSING_MM and x.max() > midline + CROSSING_MM
+        crosses = side_of(float(x.min()), float(x.max()), midline) == "both"
         if best is not None and best.side in ("right", "left") and not crosses:
             sides[tuple(kji_idx.T)] = 1 if best.side == "right" else 2
         else:

@@ -1,86 +1,17 @@
-"""Standard terminology, names and recommended colors of the module's four output segments.
-
-Codes (SNOMED CT, as 3D Slicer's "3D Slicer General Anatomy list" and DICOM's anatomic codes spell them):
-kidney = category Anatomical Structure (123037004), type Kidney (64033007), type modifier Right (24028007) or
-Left (7771000); renal tumor = category Morphologically Altered Structure (49755003), type Mass (4147007),
-anatomic region Kidney (64033007) with the laterality as region modifier. Colors are the lists'
-recommended display colors (kidney 185,102,83; mass 144,238,144).
+"""The module's four output segments on Slicer's segments: their names, colors and terminology are defined in
+the core (``BiSCSegmentationLib.seg_nrrd``: SNOMED CT codes, the lists' recommended colors), re-exported here.
 
 Segments carry the entry in Slicer's serialized form (``vtkSegment`` tag "TerminologyEntry"), which the
 Terminologies logic's ``DeserializeTerminologyEntry`` reads back and which survives .seg.nrrd files.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
-Code = Tuple[str, str, str]  # (coding scheme designator, code value, code meaning)
+# defined once in the core, for this module and bisc-segment --seg-nrrd
+from BiSCSegmentationLib.seg_nrrd import KIDNEY, KIDNEY_LABEL, LEFT, MASS, RIGHT, TUMOR_LABEL  # noqa: F401
+from BiSCSegmentationLib.seg_nrrd import SIDE_SEGMENTS as SEGMENTS, SegmentSpec
 
-TYPE_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
-REGION_CONTEXT = "Anatomic codes - DICOM master list"
-
-ANATOMICAL_STRUCTURE: Code = ("SCT", "123037004", "Anatomical Structure")
-ALTERED_STRUCTURE: Code = ("SCT", "49755003", "Morphologically Altered Structure")
-KIDNEY: Code = ("SCT", "64033007", "Kidney")
-MASS: Code = ("SCT", "4147007", "Mass")
-RIGHT: Code = ("SCT", "24028007", "Right")
-LEFT: Code = ("SCT", "7771000", "Left")
-NONE: Code = ("", "", "")
-
-KIDNEY_RGB = (185, 102, 83)
-MASS_RGB = (144, 238, 144)
-
-KIDNEY_LABEL = 1   # the cascade's label values
-TUMOR_LABEL = 2
-
-
-@dataclass(frozen=True)
-class SegmentSpec:
-    """One output segment: its ID, name, side, the cascade label it comes from, color and codes."""
-
-    segment_id: str
-    name: str
-    side: str          # "right" | "left"
-    label: int         # KIDNEY_LABEL | TUMOR_LABEL
-    index: int         # value in the side-split label map (1..4)
-
-    @property
-    def is_tumor(self) -> bool:
-        return self.label == TUMOR_LABEL
-
-    @property
-    def laterality(self) -> Code:
-        return RIGHT if self.side == "right" else LEFT
-
-    @property
-    def color_rgb255(self) -> Tuple[int, int, int]:
-        return MASS_RGB if self.is_tumor else KIDNEY_RGB
-
-    @property
-    def color(self) -> Tuple[float, float, float]:
-        return tuple(c / 255.0 for c in self.color_rgb255)
-
-    @property
-    def terminology(self) -> str:
-        if self.is_tumor:
-            return serialize(ALTERED_STRUCTURE, MASS, NONE, KIDNEY, self.laterality)
-        return serialize(ANATOMICAL_STRUCTURE, KIDNEY, self.laterality, NONE, NONE)
-
-
-SEGMENTS = (SegmentSpec("right_kidney", "Right kidney", "right", KIDNEY_LABEL, 1),
-            SegmentSpec("left_kidney", "Left kidney", "left", KIDNEY_LABEL, 2),
-            SegmentSpec("right_renal_tumor", "Right renal tumor", "right", TUMOR_LABEL, 3),
-            SegmentSpec("left_renal_tumor", "Left renal tumor", "left", TUMOR_LABEL, 4))
-
-
-def _code(code: Code) -> str:
-    return "^".join(code)
-
-
-def serialize(category: Code, type_: Code, type_modifier: Code, region: Code, region_modifier: Code) -> str:
-    """Slicer's serialized terminology entry (what ``SerializeTerminologyEntry`` writes)."""
-    return "~".join([TYPE_CONTEXT, _code(category), _code(type_), _code(type_modifier), REGION_CONTEXT,
-                     _code(region), _code(region_modifier)])
 
 
 def parse(entry: str) -> Optional[dict]:

@@ -346,10 +346,9 @@ def _failure(record: dict) -> dict:
 
 
 def _write_json(path: str, doc) -> None:
-    tmp = path + ".part"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-    os.replace(tmp, path)
+    from BiSCSegmentationLib.outputs import replace_file
+
+    replace_file(path, lambda tmp: tmp.write_text(json.dumps(doc)))
 
 
 def _read_json(path: str):

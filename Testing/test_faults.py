@@ -231,6 +231,15 @@ sys.exit(cli.segment_main(sys.argv[1:]))
 """
 
 
+def _sigint_as_in_a_terminal():
+    """The child gets Ctrl-C's default action even when the test run itself was started in the background
+    (``cmd &`` makes a shell ignore SIGINT, and an ignored signal stays ignored in every child, as it should)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+SIGINT_DEFAULT = _sigint_as_in_a_terminal if os.name == "posix" else None
+
+
 @pytest.mark.parametrize("name,code", [("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 130)])
 def test_signal_while_writing_leaves_nothing(name, code, models, ct_path, existing, tmp_path_factory):
     if not hasattr(signal, name):
@@ -240,7 +249,7 @@ def test_signal_while_writing_leaves_nothing(name, code, models, ct_path, existi
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(ct_path), "-o", str(outs[0]), "--seg-nrrd",
                              str(outs[1]), "--save-rois", str(outs[2]), "--force", "--quiet"] + _args(models),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "BISC_TEST_MARK": str(mark)})
+                            env={**os.environ, "BISC_TEST_MARK": str(mark)}, preexec_fn=SIGINT_DEFAULT)
     deadline = time.monotonic() + 120
     while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -419,7 +428,7 @@ def test_a_signal_in_each_stage_stops_the_real_command_and_writes_nothing(stage,
            "--seg-nrrd", str(out / "labels.seg.nrrd"), "--summary", str(out / "summary.json"), "--device", "cpu"]
     if stage == "rough stage":
         cmd.append("--rough-only")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=SIGINT_DEFAULT)
     seen, end = b"", time.monotonic() + 120
     while stage.encode() not in seen and time.monotonic() < end and proc.poll() is None:
         seen += os.read(proc.stderr.fileno(), 256)

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 
 import pytest
+import SimpleITK as sitk
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,3 +66,32 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+UID = "1.2.826.0.1.3680043.2.1125.1.4243"
+
+
+def write_dicom_series(vol, folder: Path, patient_id: str = "P123") -> None:
+    """The tests' one DICOM writer: one CT slice per file (``vol``: a Volume) with patient, study, series and
+    frame-of-reference tags, the way SimpleITK's DICOM series example writes them."""
+    from BiSCSegmentationLib.volume import to_sitk
+
+    folder.mkdir(parents=True)
+    img = to_sitk(vol)
+    d = img.GetDirection()
+    common = {"0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0020|000d": UID + ".1",
+              "0020|000e": UID + ".2", "0020|0052": UID + ".4", "0018|0050": str(vol.spacing[2]),
+              "0028|1052": "0", "0028|1053": "1", "0010|0010": "Test^Patient", "0010|0020": patient_id,
+              "0008|0020": "20260101", "0008|103e": "abdomen venous",
+              "0020|0037": "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))}
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(img.GetDepth()):
+        sl = img[:, :, k]
+        for tag, value in common.items():
+            sl.SetMetaData(tag, value)
+        sl.SetMetaData("0008|0018", f"{UID}.3.{k + 1}")
+        sl.SetMetaData("0020|0013", str(k + 1))
+        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, k))))
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(sl)

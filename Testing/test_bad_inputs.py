@@ -6,7 +6,6 @@ test needs real files to damage)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from BiSCSegmentationLib.cli import segment_main
 from BiSCSegmentationLib.model_file import StageModel, save_model_file
 from BiSCSegmentationLib.network import SCUNetConfig
 from BiSCSegmentationLib.volume import Volume, kits19_affine_volume, to_sitk, write_volume
-from test_cli import _write_dicom_series  # one DICOM writer for the tests
+from conftest import UID, write_dicom_series
 
 
 def ct_array(shape=(24, 64, 64)) -> np.ndarray:
@@ -105,10 +104,10 @@ def build(case: str, d: Path, models) -> tuple:
         return [str(_write(_kits(lab), d / "seg.nii.gz"))], "label map"
     if case == "two_dicom_series":
         folder = d / "dicom"
-        _write_dicom_series(Volume(a.astype(np.int16), (1.5, 1.5, 3.0)), folder)
+        write_dicom_series(Volume(a.astype(np.int16), (1.5, 1.5, 3.0)), folder)
         for f in sorted(folder.iterdir())[:4]:  # a second series in the same folder
             img = sitk.ReadImage(str(f))
-            img.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.4243.2")
+            img.SetMetaData("0020|000e", UID + ".9")  # not the series UID the writer gives
             img.SetMetaData("0008|0018", img.GetMetaData("0008|0018") + ".9")
             w = sitk.ImageFileWriter()
             w.KeepOriginalImageUIDOn()

@@ -22,7 +22,8 @@ from BiSCSegmentationLib.model_file import BUNDLED_DIR, StageModel, save_model_f
 from BiSCSegmentationLib.registry import read_registry
 from BiSCSegmentationLib.network import SCUNetConfig
 from BiSCSegmentationLib.roi import KidneyROI, load_rois, save_rois
-from BiSCSegmentationLib.volume import Volume, kits19_affine_volume, read_volume, to_sitk, write_volume
+from BiSCSegmentationLib.volume import Volume, kits19_affine_volume, read_volume, write_volume
+from conftest import write_dicom_series
 
 BIN = Path(sys.executable).parent
 
@@ -287,35 +288,13 @@ def test_bad_roi_files_exit_2(models, ct_path, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------- input formats
-def _write_dicom_series(vol: Volume, folder: Path) -> None:
-    """One CT slice per file, the way SimpleITK's DICOM series example writes them."""
-    folder.mkdir()
-    img = to_sitk(vol)
-    d = img.GetDirection()
-    uid = "1.2.826.0.1.3680043.2.1125.1.4242"
-    common = {"0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0020|000d": uid + ".1",
-              "0020|000e": uid + ".2", "0018|0050": str(vol.spacing[2]), "0028|1052": "0", "0028|1053": "1",
-              "0020|0037": "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))}
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(img.GetDepth()):
-        sl = img[:, :, k]
-        for tag, value in common.items():
-            sl.SetMetaData(tag, value)
-        sl.SetMetaData("0008|0018", f"{uid}.3.{k + 1}")
-        sl.SetMetaData("0020|0013", str(k + 1))
-        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, k))))
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(sl)
-
-
 @pytest.mark.parametrize("fmt", ["nrrd", "mha", "dicom"])
 def test_input_formats(fmt, models, tmp_path):
     arr = _ct_array((24, 48, 56), seed=1)
     vol = Volume(arr, (1.25, 1.5, 3.0), (-40.0, -30.0, 120.0))
     src = tmp_path / ("dicom" if fmt == "dicom" else f"ct.{fmt}")
     if fmt == "dicom":
-        _write_dicom_series(vol, src)
+        write_dicom_series(vol, src)
     else:
         write_volume(vol, src)
     back = read_volume(src)

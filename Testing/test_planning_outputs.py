@@ -10,40 +10,25 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import SimpleITK as sitk
 from pypdf import PdfReader
 
 from BiSCSegmentationLib.batch import batch_main
 from BiSCSegmentationLib.cli import segment_main
 from BiSCSegmentationLib.dicom import read_dicom_seg_labels, series_identification, source_uids
 from BiSCSegmentationLib.plan_cli import plan_main
-from BiSCSegmentationLib.volume import Volume, read_volume, to_sitk, write_volume
+from BiSCSegmentationLib.volume import Volume, read_volume, write_volume
+from conftest import UID, write_dicom_series
 from test_planning import SPACING, ellipsoid, grid, kidney_with_sinus
 
-UID = "1.2.826.0.1.3680043.2.1125.1.4243"
-
-
-def write_dicom_series(vol: Volume, folder: Path, patient_id: str = "P123") -> None:
-    """One CT slice per file with patient, study, series and frame-of-reference tags."""
-    folder.mkdir(parents=True)
-    img = to_sitk(vol)
-    d = img.GetDirection()
-    common = {"0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0020|000d": UID + ".1",
-              "0020|000e": UID + ".2", "0020|0052": UID + ".4", "0018|0050": str(vol.spacing[2]),
-              "0028|1052": "0", "0028|1053": "1", "0010|0010": "Test^Patient", "0010|0020": patient_id,
-              "0008|0020": "20260101", "0008|103e": "abdomen venous",
-              "0020|0037": "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))}
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(img.GetDepth()):
-        sl = img[:, :, k]
-        for tag, value in common.items():
-            sl.SetMetaData(tag, value)
-        sl.SetMetaData("0008|0018", f"{UID}.3.{k + 1}")
-        sl.SetMetaData("0020|0013", str(k + 1))
-        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, k))))
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(sl)
+def write_dicom_case(folder: Path) -> np.ndarray:
+    """A DICOM series with a non-trivial origin and spacing (a kidney with a tumor) written to ``folder``; its
+    label map (numpy order of the volume written)."""
+    labels = np.zeros((24, 40, 80), np.uint8)
+    k, j, i = grid(labels.shape, (1.5, 1.5, 3.0))
+    labels[ellipsoid(k, j, i, (36, 30, 30), (25, 15, 12))] = 1
+    labels[ellipsoid(k, j, i, (40, 30, 40), (8, 8, 8))] = 2
+    write_dicom_series(Volume(ct_for(labels), (1.5, 1.5, 3.0), (-60.0, -30.0, 100.0)), folder)
+    return labels
 
 
 def ct_for(labels: np.ndarray) -> np.ndarray:
@@ -95,12 +80,7 @@ def test_report_pdf_has_pages_and_numbers(tmp_path, capsys):
 def dicom_case(tmp_path_factory):
     """A DICOM series with a non-trivial origin and spacing, and a label map on its grid."""
     root = tmp_path_factory.mktemp("dicom")
-    labels = np.zeros((24, 40, 80), np.uint8)
-    k, j, i = grid(labels.shape, (1.5, 1.5, 3.0))
-    labels[ellipsoid(k, j, i, (36, 30, 30), (25, 15, 12))] = 1
-    labels[ellipsoid(k, j, i, (40, 30, 40), (8, 8, 8))] = 2
-    vol = Volume(ct_for(labels), (1.5, 1.5, 3.0), (-60.0, -30.0, 100.0))
-    write_dicom_series(vol, root / "series")
+    labels = write_dicom_case(root / "series")
     ct = read_volume(root / "series")
     return root, ct, ct.with_array(labels)
 

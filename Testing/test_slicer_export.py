@@ -13,8 +13,8 @@ import pytest
 from pypdf import PdfReader
 
 from slicer_fixtures import case_files, ct_node, ctx, needs_slicer_core  # noqa: F401 - fixtures
-from test_planning import ellipsoid, grid
-from test_planning_outputs import UID, ct_for, write_dicom_series
+from conftest import UID
+from test_planning_outputs import write_dicom_case
 
 pytestmark = [needs_slicer_core, pytest.mark.slicer]
 
@@ -34,8 +34,8 @@ def _labels(shape):
 def _written(ctx, node, labels):
     """The module's output for ``labels`` (on ``node``'s grid) with its planning table, as a run leaves it."""
     from BiSCSegmentationLib.roi import KidneyROI
-    from BiSCSegmentationSlicer.export import MODEL_ATTRIBUTE
     from BiSCSegmentationSlicer.logic import WARNINGS_ATTRIBUTE, BiSCLogic
+    from BiSCSegmentationSlicer.export import MODEL_ATTRIBUTE
     from BiSCSegmentationSlicer.scene import volume_from_node
 
     logic = BiSCLogic(ctx)
@@ -132,14 +132,10 @@ def test_a_failed_write_leaves_no_file(ctx, ct_node, tmp_path, monkeypatch):
 def dicom_series(tmp_path_factory):
     """A DICOM series (as the CLI's tests write one) and its label map, in the series' (GDCM's) slice order."""
     from BiSCSegmentationLib.dicom import source_uids
-    from BiSCSegmentationLib.volume import Volume, read_volume
+    from BiSCSegmentationLib.volume import read_volume
 
     root = tmp_path_factory.mktemp("dicom")
-    labels = np.zeros((24, 40, 80), np.uint8)
-    k, j, i = grid(labels.shape, (1.5, 1.5, 3.0))
-    labels[ellipsoid(k, j, i, (36, 30, 30), (25, 15, 12))] = 1
-    labels[ellipsoid(k, j, i, (40, 30, 40), (8, 8, 8))] = 2
-    write_dicom_series(Volume(ct_for(labels), (1.5, 1.5, 3.0), (-60.0, -30.0, 100.0)), root / "series")
+    labels = write_dicom_case(root / "series")
     series = read_volume(root / "series")
     files = {str(pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID): str(f)
              for f in (root / "series").iterdir()}
@@ -168,7 +164,6 @@ def _dicom_node(ctx, series, uids, flip: bool):
 @pytest.mark.parametrize("flip", [False, True])
 def test_dicom_seg_references_the_series_and_holds_the_voxels(ctx, dicom_series, tmp_path, flip):
     from BiSCSegmentationLib.dicom import read_dicom_seg_labels
-    from BiSCSegmentationSlicer.export import MODEL_ATTRIBUTE
     from BiSCSegmentationSlicer.selftest import _erase_half
     from BiSCSegmentationSlicer.segmentation import export_labels
 

@@ -178,7 +178,7 @@ def test_slicer_request_roi_growth_reaches_the_fine_stage_and_the_boxes_used_com
     from BiSCSegmentationLib.roi import KidneyROI, grow_roi
     from BiSCSegmentationSlicer.models import ModelChoice
     from BiSCSegmentationSlicer.worker import compute, make_request
-    from test_decision import RULE, _rule_files
+    from test_decision import _rule_files
     rough, fine = _rule_files(tmp_path)
     seen = []
 

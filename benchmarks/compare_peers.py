@@ -365,14 +365,9 @@ def cascade_cold(ct_file: Path, work: Path, threads: int, env: Dict[str, str], c
     wall = time.perf_counter() - t
     if r.returncode:
         return {"error": (r.stderr or r.stdout).strip().splitlines()[-3:]}
-    timings = {}
-    for line in r.stdout.splitlines():
-        parts = line.strip().rsplit(None, 2)
-        if len(parts) == 3 and parts[2] == "s":
-            try:
-                timings[parts[0]] = float(parts[1])
-            except ValueError:
-                pass
+    from processes import cli_timings
+
+    timings = cli_timings(r.stdout)
     peak = next((float(l.split()[1]) / 1024 for l in r.stderr.splitlines() if l.startswith("PEAKRSS")), None)
     backend = next((l.split(":", 1)[1].strip() for l in r.stdout.splitlines() if l.startswith("Backend")), "")
     cpu = next((float(l.split()[1]) for l in r.stderr.splitlines() if l.startswith("CPUS")), None)

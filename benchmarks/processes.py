@@ -27,6 +27,19 @@ from BiSCSegmentationLib.volume import Volume
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])  # NIfTI files (KiTS19) come in RAS: the CT is flipped in x and y
 
 
+def cli_timings(stdout: str) -> Dict[str, float]:
+    """The "Timings:" lines bisc-segment prints ("  read input   0.35 s"), as {stage: seconds}."""
+    timings = {}
+    for line in stdout.splitlines():
+        parts = line.strip().rsplit(None, 2)
+        if len(parts) == 3 and parts[2] == "s":
+            try:
+                timings[parts[0]] = float(parts[1])
+            except ValueError:
+                pass
+    return timings
+
+
 # ------------------------------------------------------------------------------------------ child processes
 def vm_hwm_mib() -> float:
     """Peak RSS of this process (VmHWM). Not ru_maxrss: Linux carries that over from the parent across
@@ -118,14 +131,7 @@ def cold_cli(mset: Dict, ct: Volume, rois, work: Path, threads: int, spec: str) 
         if r.returncode:
             out[label.strip()] = {"error": r.stderr.strip().splitlines()[-1:] if r.stderr else r.returncode}
             continue
-        timings = {}
-        for line in r.stdout.splitlines():
-            parts = line.strip().rsplit(None, 2)
-            if len(parts) == 3 and parts[2] == "s":
-                try:
-                    timings[parts[0]] = float(parts[1])
-                except ValueError:
-                    pass
+        timings = cli_timings(r.stdout)
         backend_line = next((l for l in r.stdout.splitlines() if l.startswith("Backend")), "")
         prev = out.get(label.strip())
         if prev is None or dt < prev["wall_s"]:

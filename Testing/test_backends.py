@@ -8,6 +8,8 @@ in probability; OpenVINO bfloat16 logits within 5e-2 of the largest |logit| (mea
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -144,7 +146,7 @@ def test_export_is_cached_by_sha256_and_version(models, tmp_path):
     be = B.OpenVINOBackend("f32", cache_dir=tmp_path)
     be.runner(rough)
     assert be.last_export[rough.sha256] == "converted"
-    files = sorted(p.name for p in tmp_path.iterdir())
+    files = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
     assert len(files) == 2 and files[0].startswith(rough.sha256[:24]) and B.EXPORT_VERSION
     assert any(f.endswith(".xml") for f in files) and any(f.endswith(".bin") for f in files)
     again = B.OpenVINOBackend("f32", cache_dir=tmp_path)
@@ -155,10 +157,46 @@ def test_export_is_cached_by_sha256_and_version(models, tmp_path):
     assert float((y - ref).abs().max() / ref.abs().max()) < F32_TOL
     # a damaged cache entry is converted again, not fatal
     for p in tmp_path.iterdir():
-        p.write_bytes(b"garbage")
+        if p.is_file():
+            p.write_bytes(b"garbage")
     third = B.OpenVINOBackend("f32", cache_dir=tmp_path)
     third.runner(rough)(x)
     assert third.last_export[rough.sha256] == "converted"
+
+
+@requires_openvino
+def test_compiled_networks_are_cached_pruned_and_optional(models, tmp_path):
+    """OpenVINO keeps one blob per compiled shape in cache/compiled; a damaged blob is recompiled, the folder is
+    pruned to COMPILED_CACHE_MB (oldest first), and an unusable folder costs only the compile time."""
+    rough = models[0]
+    x = torch.randn(1, 1, 16, 32, 32)
+    ref = B.TorchBackend("cpu").runner(rough)(x)
+    for _ in range(2):   # converted, then read back from the export cache (the IR the next runs compile)
+        B.OpenVINOBackend("f32", cache_dir=tmp_path).runner(rough)(x)
+    blobs = list((tmp_path / "compiled").glob("*.blob"))
+    assert blobs, "no compiled network was cached"
+    for blob in blobs:
+        blob.chmod(0o644)
+        blob.write_bytes(b"garbage")
+    y = B.OpenVINOBackend("f32", cache_dir=tmp_path).runner(rough)(x)   # damaged: compiled again
+    assert float((y - ref).abs().max() / ref.abs().max()) < F32_TOL
+    assert any(b.stat().st_size > 1000 for b in blobs), "a damaged blob was not compiled again"
+    old = tmp_path / "compiled" / "0-old.blob"
+    old.write_bytes(b"x" * 2 ** 20)
+    os.utime(old, (1, 1))
+    limit = B.COMPILED_CACHE_MB
+    try:
+        B.COMPILED_CACHE_MB = 1
+        B.OpenVINOBackend("f32", cache_dir=tmp_path)
+    finally:
+        B.COMPILED_CACHE_MB = limit
+    assert not old.exists() and sum(f.stat().st_size for f in (tmp_path / "compiled").glob("*")) <= 2 ** 20
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    be = B.OpenVINOBackend("f32", cache_dir=blocked)
+    y = be.runner(rough)(x)
+    assert float((y - ref).abs().max() / ref.abs().max()) < F32_TOL
+    assert "not cached" in be.describe()
 
 
 @requires_openvino

@@ -161,6 +161,19 @@ def test_roi_at_the_border_is_padded_and_big_kidney_grows_the_roi():
     assert all(m.n_out % 8 == 0 for m in grid)
 
 
+def test_roi_size_is_the_papers_box_in_millimetres_whatever_the_fine_spacing():
+    """A fine model on a coarser grid gets the paper's physical ROI (not 160 of its larger voxels)."""
+    kidney = np.zeros((20, 80, 80), np.uint8)
+    kidney[5:15, 20:60, 25:55] = 1    # 60 x 60 x 30 mm at 1.5 x 1.5 x 3 mm
+    mask = Volume(kidney, (1.5, 1.5, 3.0))
+    paper = rois_from_mask(mask, (0.78, 0.78, 3.0), min_component_ml=0.0)[0]
+    coarse = rois_from_mask(mask, (1.5, 1.5, 3.0), min_component_ml=0.0)[0]
+    assert paper.size[:2] == pytest.approx((160 * 0.78, 160 * 0.78))
+    assert coarse.size[:2] == pytest.approx((88 * 1.5, 88 * 1.5))   # 124.8 mm up to 8 voxels of 1.5 mm
+    assert coarse.size[2] == paper.size[2] and max(coarse.size) < 140
+    assert np.allclose(coarse.center, paper.center)
+
+
 def test_islands_in_an_roi_are_removed_and_the_kidney_kept_voxel_for_voxel():
     labels = Volume(two_kidney_labels((24, 64, 64)), (1.5, 1.5, 1.5))
     truth = labels.array.copy()

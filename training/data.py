@@ -312,7 +312,7 @@ def roi_box(labels: np.ndarray, spacing_zyx: Sequence[float], margin_mm=(6.0, 10
     sl = ndimage.find_objects((comp == biggest).astype(np.int32))[0]
     lo, hi = np.array([s.start for s in sl]), np.array([s.stop for s in sl])
     extent = (hi - lo) + 2 * np.asarray(margin_mm) / np.asarray(spacing_zyx)
-    size = np.array(paper_roi_voxels(extent[::-1])[::-1])  # paper_roi_voxels takes x, y, z
+    size = np.array(paper_roi_voxels(extent[::-1], tuple(spacing_zyx)[::-1])[::-1])  # x, y, z there
     start = np.round((lo + hi) / 2 - size / 2).astype(int)
     return np.array([start, size])
 

@@ -8,6 +8,10 @@
   the cache (``model_file.default_cache_dir()/openvino``, keyed by the model file's SHA-256 and the OpenVINO
   version, so it is not redone on the next run) and compiled with an explicit precision: ``bf16`` on CPUs that
   compute it natively (AVX512-BF16 or AMX) unless ``f32`` is asked for ("openvino-f32"), else ``f32``.
+  The compiled networks (one per input shape and precision) are cached too, by OpenVINO itself (its
+  ``CACHE_DIR``, ``.../openvino/compiled``, keyed by network, shape, settings and OpenVINO version; a damaged
+  blob is recompiled), which halves the compile time of the next run; the folder is kept under
+  ``COMPILED_CACHE_MB`` by dropping its oldest blobs.
 
 ``select_backend("auto")`` picks OpenVINO when it is installed and the computation runs on the CPU, else torch;
 any network OpenVINO cannot take (or a failed conversion) falls back to torch for that network, and
@@ -39,6 +43,7 @@ from .outputs import replace_file
 Runner = Callable[[torch.Tensor], torch.Tensor]
 BACKENDS = BACKEND_NAMES
 EXPORT_VERSION = 2  # bump when the export recipe changes: old cached exports are then ignored
+COMPILED_CACHE_MB = 256  # OpenVINO's compiled-network blobs (~1.5 MB each) beyond this: the oldest are deleted
 
 
 class BackendError(InputError, RuntimeError):
@@ -204,11 +209,28 @@ class OpenVINOBackend:
             # OpenVINO then quietly computes in f32: say so rather than claim bf16
             self.precision = "f32"
             self.notes.append("bfloat16 was asked for, but this CPU has no bfloat16 instructions")
+        if disk_cache:
+            self._use_compiled_cache(self.cache_dir / "compiled")
         self._models: Dict[int, object] = {}
         self.max_shapes = 4  # compiled input shapes kept per network (each holds its own scratch memory)
         self._lock = threading.Lock()
         self.fallback = TorchBackend("cpu", self.precision)
         self.last_export: Dict[str, str] = {}   # model key -> "cached" | "converted" (for reports)
+
+    def _use_compiled_cache(self, folder: Path) -> None:
+        """Let OpenVINO keep compiled networks in ``folder`` (pruned to COMPILED_CACHE_MB, oldest first); a
+        folder that cannot be made or used only costs the compile time, with a note."""
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            blobs = sorted(folder.glob("*.blob"), key=lambda f: f.stat().st_mtime)
+            total = sum(f.stat().st_size for f in blobs)
+            while blobs and total > COMPILED_CACHE_MB * 2 ** 20:
+                old = blobs.pop(0)
+                total -= old.stat().st_size
+                old.unlink()
+            self.core.set_property({"CACHE_DIR": str(folder)})
+        except Exception as exc:  # noqa: BLE001 (OSError, or OpenVINO's RuntimeError for an unusable folder)
+            self.notes.append(f"compiled networks not cached ({exc.__class__.__name__})")
 
     # ------------------------------------------------------------------------------------------ conversion
     def _paths(self, key: str) -> Tuple[Path, Path]:

@@ -81,17 +81,31 @@ class KidneyROI:
 
 
 # ------------------------------------------------------------------------------------------------------ sizing
-def paper_roi_voxels(extent_vox: Sequence[float]) -> Tuple[int, int, int]:
-    """Fine-grid ROI size (x, y, z voxels) for a kidney extent in fine voxels (x, y, z), margins included."""
-    inplane = max(extent_vox[0], extent_vox[1])
+PAPER_FINE_SPACING = (0.78, 0.78, 3.0)  # x, y, z mm: the grid the paper's ROI sizes are counted on
+
+
+def paper_roi_voxels(extent_vox: Sequence[float], spacing: Sequence[float] = PAPER_FINE_SPACING) -> Tuple[int, int, int]:
+    """Fine-grid ROI size (x, y, z voxels) for a kidney extent in fine voxels (x, y, z), margins included.
+
+    The paper's sizes (160 or 192 voxels in-plane, else the next multiple of 16; z the next multiple of 16
+    above the kidney) are counted on its 0.78 x 0.78 x 3 mm grid. A model with another fine spacing gets the
+    same physical box, rounded up to a multiple of 8 of its own voxels (the network's divisor), so a coarser
+    fine grid does not make the ROI larger in millimetres."""
+    scale = np.asarray(spacing, dtype=float) / np.asarray(PAPER_FINE_SPACING)
+    paper = np.asarray(extent_vox, dtype=float) * scale  # the extent in paper voxels
+    inplane = max(paper[0], paper[1])
     if inplane <= 160:
         n_xy = 160
     elif inplane <= 192:
         n_xy = 192
     else:
         n_xy = int(math.ceil(inplane / 16.0) * 16)
-    n_z = int(math.floor(extent_vox[2] / 16.0) * 16 + 16)  # a multiple of 16, strictly larger
-    return n_xy, n_xy, n_z
+    n_z = int(math.floor(paper[2] / 16.0) * 16 + 16)  # a multiple of 16, strictly larger
+    sizes = np.array([n_xy, n_xy, n_z], dtype=float)
+    if np.allclose(scale, 1.0):
+        return n_xy, n_xy, n_z
+    own = np.ceil(sizes / scale / 8.0 - 1e-6) * 8
+    return int(own[0]), int(own[1]), int(own[2])
 
 
 def component_bounds_lps(mask: Volume, labels: np.ndarray, count: int) -> List[Tuple[np.ndarray, np.ndarray, int]]:
@@ -138,7 +152,7 @@ def rois_from_mask(mask: Volume, fine_spacing: Sequence[float], min_component_ml
     rois = []
     for _, lo, hi in keep:
         extent_vox = (hi - lo + 2 * margin) / fine_spacing
-        size = np.array(paper_roi_voxels(extent_vox)) * fine_spacing
+        size = np.array(paper_roi_voxels(extent_vox, fine_spacing)) * fine_spacing
         center = (lo + hi) / 2
         rois.append(KidneyROI(tuple(center), tuple(size), side_of(lo[0], hi[0], midline_x)))
     if len(rois) == 2:

@@ -11,6 +11,7 @@ import argparse
 import math
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,31 @@ def load_predictor(args, progress=None):
     return CascadePredictor(rough, fine, settings_from_args(args), progress=progress)
 
 
+class _ModelsLoading:
+    """Loads the models and compiles the backend in a thread while the CT is read (neither needs the other),
+    which hides most of a cold start's model load behind the read; ``get()`` waits and re-raises its error."""
+
+    def __init__(self, args, stages: Tuple[str, ...]):
+        self._out: Dict[str, object] = {}
+        self._thread = threading.Thread(target=self._load, args=(args, stages), daemon=True,
+                                        name="bisc-load-models")
+        self._thread.start()
+
+    def _load(self, args, stages) -> None:
+        try:
+            predictor = load_predictor(args)
+            predictor.prepare(stages)  # convert/compile now (cached on disk), so the backend line is final
+            self._out["predictor"] = predictor
+        except BaseException as exc:  # noqa: BLE001 (handed to the main thread by get())
+            self._out["error"] = exc
+
+    def get(self):
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["predictor"]
+
+
 def settings_from_args(args) -> InferenceSettings:
     """The inference settings of a parsed bisc-segment command line (the one place its options become them)."""
     return InferenceSettings(
@@ -222,9 +248,10 @@ def run_segment(args) -> SegmentOutcome:
     timings: Dict[str, float] = {}
     check_outputs(args)
 
+    loading = _ModelsLoading(args, ("rough",) if args.rough_only else ("fine",) if args.rois else ("rough", "fine"))
     t = time.perf_counter()
     ct = read_volume(args.input)
-    check_input(ct)  # refuse an unreadable CT before loading models (the cascade checks it again)
+    check_input(ct)  # an unreadable CT is refused before waiting for the models
     timings["read input"] = time.perf_counter() - t
     _say(args, f"Read {args.input}: {' x '.join(map(str, ct.size_ijk))} voxels, spacing "
                f"{' x '.join(f'{s:.3g}' for s in ct.spacing)} mm")
@@ -245,12 +272,11 @@ def run_segment(args) -> SegmentOutcome:
         weights = {"rough": (0.0, 0.3), "fine": (0.3, 1.0)}
     progress = _Progress(not args.quiet, weights)
     try:
-        t = time.perf_counter()
         progress("loading models", 0.0)
-        predictor = load_predictor(args, progress)
-        # convert/compile now (cached on disk), so that the backend line below is final
-        predictor.prepare(("rough",) if args.rough_only else ("fine",) if args.rois else ("rough", "fine"))
-        timings["load models"] = time.perf_counter() - t
+        t = time.perf_counter()
+        predictor = loading.get()
+        predictor.progress = progress
+        timings["load models"] = time.perf_counter() - t  # what the read did not hide
         if not args.quiet:
             progress.write(f"Backend: {predictor.backend_name}")
             rules = ([] if args.rois else [f"rough: {predictor.rough_decision.describe()}"]) + \

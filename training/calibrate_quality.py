@@ -7,6 +7,7 @@ largest entropy seen here, so that a scan like the training data does not trip i
 
     python -m bisc_training.calibrate_quality --kits ../shared/data/kits19 \
         --case-list training/recipes/tuning_cases_72.txt --n 12
+    python -m bisc_training.calibrate_quality --kits runs/v12/synth --images --case-list LIST --model NAME
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=12, help="how many cases of the list (default 12)")
     p.add_argument("--model", help="bundled model name (default: the bundled default)")
     p.add_argument("--out", help="JSON file for the per-case figures")
+    p.add_argument("--images", action="store_true",
+                   help="read each case's imaging.nii.gz (realistic synthetic training CT) instead of building a "
+                        "phantom around its label map")
     args = p.parse_args(argv)
     ids = [ln.split()[0] for ln in Path(args.case_list).read_text().splitlines()
            if ln.strip() and not ln.startswith("#")][: args.n]
@@ -38,7 +42,7 @@ def main(argv=None) -> int:
     rows = []
     for case in ids:
         t = time.perf_counter()
-        ct, truth = read_case(args.kits, case, synthesize=True)
+        ct, truth = read_case(args.kits, case, synthesize=not args.images)
         result = predictor.predict(ct)
         rows.append({"case": case, "mean_entropy": mean_entropy(predictor.roi_entropies),
                      "kidney_dice": dice(result.labels.array > 0, truth.array > 0),

@@ -87,3 +87,14 @@ bisc-train evaluate --kits "$SHARED/kits19" --synthesize --split "$OUT/kits_test
   --workers 2
 python benchmarks/realct_benchmark.py --rough-model "$OUT/bundled/rough.pt" --fine-model "$OUT/bundled/fine.pt" \
   --out "$OUT/realct"
+# 6. the confidence check on 20 of v12's own synthetic training scans (every 4th training case of split.json;
+#    training/recipes/entropy_v12_20_training_synth.json)
+python - "$OUT" <<'EOF3'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+tr = sorted("case_0" + c[-4:] for c in json.loads((out / "split.json").read_text())["train"] if c.startswith("case_1"))
+(out / "calib_synth20.txt").write_text("\n".join(tr[::max(1, len(tr) // 20)][:20]) + "\n")
+EOF3
+python -m bisc_training.calibrate_quality --kits "$OUT/synth" --images --case-list "$OUT/calib_synth20.txt" --n 20 \
+  --model bisc-realsynth-v12 --out "$OUT/calib_synth20.json"

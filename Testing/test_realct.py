@@ -7,8 +7,8 @@ each holding >= 98% of its kidney, no warning) are NOT met by any bundled model 
 they are not asserted here. What is asserted is what the experimental models do achieve and must keep:
 bisc-realsynth-v11 no litres of false tumor, two kidney-sized ROIs, and, whenever its kidney Dice is below the
 target, a critical warning; bisc-realsynth-v12 (docs/model-card-v12.md) one kidney found whole (its ROI
-holds >= 98% of it), kidney Dice at least V12_MIN_DICE (measured 0.325 with every backend; v11 0.05), two
-kidney-sized ROIs, and a result below the target never reported as trusted.
+holds >= 98% of it), kidney Dice at least V12_MIN_DICE (measured 0.348-0.349 with every backend; v11 0.05),
+two kidney-sized ROIs, and, below the target, a critical warning.
 """
 import json
 from pathlib import Path
@@ -22,7 +22,7 @@ from conftest import needs_shared
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "realct" / "totalseg_example"
 MODEL = "bisc-realsynth-v11"
-V12_MIN_DICE = 0.30             # a regression floor under v12's measured 0.325, far under the target
+V12_MIN_DICE = 0.30             # a regression floor under v12's measured 0.348, far under the target
 TARGET_KIDNEY_DICE = 0.85        # issue #16: below this the result must be flagged critical
 MAX_FALSE_TUMOR_ML = 10.0        # the patient has no tumor (v10: 2742 mL)
 MAX_ROI_SIDE_MM = 180.0          # v10: one 287 mm box
@@ -72,12 +72,13 @@ def test_a_result_below_the_target_is_flagged_critical(run):
         assert summary["warnings"] == [], summary["warnings"]
 
 
-def test_v12_finds_one_kidney_whole_and_does_not_claim_trust(run_v12):
+def test_v12_finds_one_kidney_whole_and_flags_what_it_misses(run_v12):
     scores, rois, summary = run_v12
     assert scores["kidney_dice"] >= V12_MIN_DICE, scores
     assert max(scores["roi_containment_right"], scores["roi_containment_left"]) >= 0.98, scores
     assert scores["roi_count"] == 2 and max(max(r.size) for r in rois) <= MAX_ROI_SIDE_MM, [r.size for r in rois]
+    critical = [w for w in summary["warnings"] if w["severity"] == "critical"]
     if scores["kidney_dice"] < TARGET_KIDNEY_DICE:
-        assert summary["trusted"] is False and summary["warnings"], summary["warnings"]
+        assert critical and summary["trusted"] is False, (scores["kidney_dice"], summary["warnings"])
     else:
         assert summary["warnings"] == [], summary["warnings"]

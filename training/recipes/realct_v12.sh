@@ -74,11 +74,29 @@ bisc-train stage fine $COMMON --out "$OUT/fine" --fine-patch-size 32,96,96 --roi
   --inference-window 48,96,96 --iterations "${FINE_IT:-250}" --epochs "${FINE_EPOCHS:-15}" \
   --init-from "$MODELS/bisc-realsynth-v11-fine.pt" &
 wait
-# 4. decision rules: v10's, copied (not re-tuned for v12)
+# 3b. both stages once more from their final model files at lr 3e-4 (rough 3 x 200, fine 5 x 250 iterations)
+COMMON2="${COMMON/--lr 1e-3/--lr 3e-4}"
+bisc-train stage rough $COMMON2 --out "$OUT/rough2" --rough-patch-size 32,128,128 --iterations 200 --epochs 3 \
+  --init-from "$OUT/rough/rough.pt" &
+bisc-train stage fine $COMMON2 --out "$OUT/fine2" --fine-patch-size 32,96,96 --roi-prob 0.5 \
+  --inference-window 48,96,96 --iterations 250 --epochs 5 --init-from "$OUT/fine/fine.pt" &
+wait
+# 4. the fine network's prior-correction scale tuned again on 24 synthetic training cases only (the training run
+#    tuned it on training cases that include the flat phantoms: scale 0.25; here 0.5), then v10's decision rules,
+#    copied (not re-tuned for v12)
+python - "$OUT" <<'EOF4'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1]); s = json.loads((out / "split.json").read_text())
+s["train"] = [c for c in s["train"] if c.startswith("case_1")]
+(out / "split_synth_only.json").write_text(json.dumps(s, indent=1))
+EOF4
+bisc-train prior-correct "$OUT/fine2/fine.pt" --cache "$OUT/cache" --split "$OUT/split_synth_only.json" \
+  --calibration-cases 24 -o "$OUT/fine2_synthcal.pt" --force
 mkdir -p "$OUT/bundled"
-bisc-train set-decision "$OUT/rough/rough.pt" --rule foreground --foreground-bias 1 --min-island-fraction 0.2 \
+bisc-train set-decision "$OUT/rough2/rough.pt" --rule foreground --foreground-bias 1 --min-island-fraction 0.2 \
   -o "$OUT/bundled/rough.pt" --force
-bisc-train set-decision "$OUT/fine/fine.pt" --rule foreground --foreground-bias 0.125 --tumor-bias 0.125 \
+bisc-train set-decision "$OUT/fine2_synthcal.pt" --rule foreground --foreground-bias 0.125 --tumor-bias 0.125 \
   --min-tumor-probability 0.7 --tumor-margin-bias 1 --tumor-margin-min-ml 50 --min-island-fraction 0.5 \
   -o "$OUT/bundled/fine.pt" --force
 # 5. scores (the real CT is scored once, for the model card; nothing above was chosen by it)
